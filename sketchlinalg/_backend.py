@@ -1,0 +1,150 @@
+"""Backend dispatch: the array-API namespace of the caller's arrays, and the few operations
+the array API standard lacks (host-to-device copies, sparse products, scatter-add,
+triangular solves), one small function per backend.
+
+Nothing here imports torch or cupy: a backend is only touched through arrays the caller
+passed, so ``import sketchlinalg`` needs NumPy and SciPy alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+
+__all__ = [
+    "backend_name",
+    "compute_dtype",
+    "from_host",
+    "namespace",
+    "scatter_add_rows",
+    "solve_triangular",
+    "sparse_from_coo",
+    "to_host",
+]
+
+
+def namespace(*arrays: Any) -> Any:
+    """The array-API namespace shared by ``arrays`` (NumPy, PyTorch or CuPy)."""
+    try:
+        return array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:
+        kinds = ", ".join(sorted({type(a).__name__ for a in arrays}))
+        raise TypeError(
+            f"expected NumPy, PyTorch or CuPy arrays of one backend, got {kinds}"
+        ) from exc
+
+
+def backend_name(x: Any) -> str:
+    """``"numpy"``, ``"torch"`` or ``"cupy"`` for an array of that backend."""
+    if array_api_compat.is_torch_array(x):
+        return "torch"
+    if array_api_compat.is_cupy_array(x):
+        return "cupy"
+    if array_api_compat.is_numpy_array(x):
+        return "numpy"
+    raise TypeError(f"expected a NumPy, PyTorch or CuPy array, got {type(x).__name__}")
+
+
+def compute_dtype(xp: Any, dtype: Any, name: str) -> Any:
+    """The floating dtype computations on an array of ``dtype`` run in.
+
+    float32 and float64 are kept; float16 and bfloat16 are computed in float32. Integer,
+    boolean and complex arrays are rejected with a ``TypeError`` naming the argument.
+    """
+    if dtype in (xp.float32, xp.float64):
+        return dtype
+    half = [xp.float16, getattr(xp, "bfloat16", None)]
+    if any(dtype == h for h in half if h is not None):
+        return xp.float32
+    raise TypeError(
+        f"{name} must have a real floating dtype (float16, bfloat16, float32 or float64), "
+        f"got {dtype}"
+    )
+
+
+def from_host(x: np.ndarray, like: Any, dtype: Any) -> Any:
+    """Copy the host array ``x`` to the backend and device of ``like``, as ``dtype``."""
+    xp = namespace(like)
+    if backend_name(like) == "numpy":
+        return np.asarray(x, dtype=dtype)
+    return xp.asarray(x, dtype=dtype, device=array_api_compat.device(like))
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A NumPy copy of an array of any backend."""
+    name = backend_name(x)
+    if name == "torch":
+        return x.detach().cpu().numpy()
+    if name == "cupy":
+        return x.get()
+    return np.asarray(x)
+
+
+def sparse_from_coo(
+    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int], like: Any, dtype: Any
+) -> Any:
+    """A CSR matrix in the backend of ``like`` from host COO triplets (duplicates summed).
+
+    The result supports ``S @ X`` with a dense 2-D ``X`` of the same backend.
+    """
+    name = backend_name(like)
+    host = scipy.sparse.csr_array((vals, (rows, cols)), shape=shape)
+    host.sum_duplicates()
+    if name == "numpy":
+        return host.astype(dtype)
+    if name == "torch":
+        import torch  # the caller handed us a tensor, so torch is already imported
+
+        dev = like.device
+        return torch.sparse_csr_tensor(
+            torch.as_tensor(host.indptr, dtype=torch.int64, device=dev),
+            torch.as_tensor(host.indices, dtype=torch.int64, device=dev),
+            torch.as_tensor(host.data, dtype=dtype, device=dev),
+            size=shape,
+        )
+    import cupy
+    import cupyx.scipy.sparse
+
+    with cupy.cuda.Device(like.device):
+        return cupyx.scipy.sparse.csr_matrix(
+            (cupy.asarray(host.data, dtype=dtype), cupy.asarray(host.indices),
+             cupy.asarray(host.indptr)),
+            shape=shape,
+        )
+
+
+def scatter_add_rows(out: Any, index: Any, values: Any) -> Any:
+    """``out[index[k]] += values[k]`` for every k, summing duplicate indices; returns ``out``."""
+    name = backend_name(out)
+    if name == "numpy":
+        np.add.at(out, index, values)
+    elif name == "torch":
+        out.index_add_(0, index, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(out, index, values)
+    return out
+
+
+def solve_triangular(T: Any, B: Any, *, lower: bool, trans: bool = False) -> Any:
+    """Solve ``op(T) X = B`` for triangular ``T`` (``op`` is the transpose when ``trans``)."""
+    name = backend_name(T)
+    if name == "numpy":
+        return scipy.linalg.solve_triangular(T, B, lower=lower, trans=1 if trans else 0,
+                                             check_finite=False)
+    if name == "torch":
+        import torch
+
+        if trans:
+            T, lower = T.mT, not lower
+        vec = B.ndim == 1
+        X = torch.linalg.solve_triangular(T, B[:, None] if vec else B, upper=not lower)
+        return X[:, 0] if vec else X
+    import cupyx.scipy.linalg
+
+    return cupyx.scipy.linalg.solve_triangular(T, B, lower=lower, trans=1 if trans else 0)

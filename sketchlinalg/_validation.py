@@ -1,0 +1,51 @@
+"""Argument checks shared by every public entry point: clear errors naming the argument."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _backend
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """An integer argument (bools rejected), optionally bounded below."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    """A finite real scalar >= 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def check_dense(A: Any, name: str, *, ndim: tuple[int, ...] = (1, 2)) -> tuple[Any, Any]:
+    """Validate a dense floating array; return ``(xp, compute_dtype)``.
+
+    Raises ``TypeError`` for non-arrays and non-floating dtypes, ``ValueError`` for the
+    wrong number of dimensions.
+    """
+    try:
+        xp = _backend.namespace(A)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a NumPy, PyTorch or CuPy array, got {type(A).__name__}"
+        ) from None
+    if A.ndim not in ndim:
+        want = " or ".join(f"{n}-D" for n in ndim)
+        raise ValueError(f"{name} must be {want}, got shape {tuple(A.shape)}")
+    return xp, _backend.compute_dtype(xp, A.dtype, name)
+
+
+def check_finite(xp: Any, A: Any, name: str) -> None:
+    """Reject NaN or Inf entries (never return a silent NaN result)."""
+    if not bool(xp.all(xp.isfinite(A))):
+        raise ValueError(f"{name} contains NaN or Inf entries")

@@ -1,0 +1,149 @@
+"""The sketching-operator interface shared by every family."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import array_api_compat
+import numpy as np
+import scipy.sparse
+
+from .. import _backend
+from .._rng import RNGLike, normalize_rng
+from .._validation import check_dense, check_int
+
+
+class SketchingOperator:
+    """A random linear map ``S: R^m -> R^d`` (shape ``(d, m)``, ``d <= m``) with ``E[S^T S] = I``.
+
+    ``S @ A`` sketches the rows of ``A`` (shape ``(m,)`` or ``(m, n)``), ``B @ S.T``
+    sketches the columns of ``B`` (shape ``(n, m)``), ``S.T @ Y`` applies the adjoint.
+    Results keep the backend, device and floating dtype of the input; float16 and bfloat16
+    are computed in float32. The random data lives on the host (drawn once from ``rng``)
+    and is copied to a backend and device the first time it is needed there.
+    """
+
+    # Make NumPy defer ``ndarray @ S`` to our ``__rmatmul__`` instead of building an object array.
+    __array_ufunc__ = None
+
+    def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
+        d = check_int(d, "d", minimum=1)
+        m = check_int(m, "m", minimum=1)
+        if d > m:
+            raise ValueError(f"d must be <= m (a sketch reduces the dimension), got d={d}, m={m}")
+        self.shape = (d, m)
+        self._rng = normalize_rng(rng)
+        self._cache: dict[tuple[str, str, str, str], Any] = {}
+
+    # -- what each family provides -------------------------------------------------------
+    def _apply(self, A: Any, xp: Any) -> Any:
+        """``S @ A`` for a dense 2-D ``A`` of shape ``(m, n)`` in a computation dtype."""
+        raise NotImplementedError
+
+    def _apply_adjoint(self, Y: Any, xp: Any) -> Any:
+        """``S.T @ Y`` for a dense 2-D ``Y`` of shape ``(d, n)`` in a computation dtype."""
+        raise NotImplementedError
+
+    def _apply_sparse(self, A: scipy.sparse.sparray) -> np.ndarray:
+        """``S @ A`` for a scipy.sparse ``A``; the default densifies it first."""
+        return self._apply(np.asarray(A.toarray(), dtype=np.float64), np)
+
+    # -- shared machinery ----------------------------------------------------------------
+    def _on(self, key: str, like: Any, dtype: Any, build: Callable[[], Any]) -> Any:
+        """Cache ``build()`` (a backend copy of host random data) per backend, device, dtype."""
+        ident = (key, _backend.backend_name(like), str(array_api_compat.device(like)), str(dtype))
+        if ident not in self._cache:
+            self._cache[ident] = build()
+        return self._cache[ident]
+
+    def _dense_call(self, A: Any, rows: int, name: str, fn: Callable[[Any, Any], Any]) -> Any:
+        xp, work = check_dense(A, name)
+        if A.shape[0] != rows:
+            raise ValueError(
+                f"shape mismatch: {name} has {A.shape[0]} rows but the operator needs {rows} "
+                f"(operator shape {self.shape}, {name} shape {tuple(A.shape)})"
+            )
+        vector = A.ndim == 1
+        X = A[:, None] if vector else A
+        if X.dtype != work:
+            X = xp.astype(X, work)
+        Y = fn(X, xp)
+        if Y.dtype != A.dtype:
+            Y = xp.astype(Y, A.dtype)
+        return Y[:, 0] if vector else Y
+
+    def __matmul__(self, A: Any) -> Any:
+        if scipy.sparse.issparse(A):
+            if A.ndim != 2 or A.shape[0] != self.shape[1]:
+                raise ValueError(
+                    f"shape mismatch: A has shape {A.shape} but the operator needs "
+                    f"{self.shape[1]} rows (operator shape {self.shape})"
+                )
+            if not np.issubdtype(A.dtype, np.floating):
+                raise TypeError(f"A must have a real floating dtype, got {A.dtype}")
+            return self._apply_sparse(A).astype(A.dtype if A.dtype.itemsize >= 4 else np.float32)
+        return self._dense_call(A, self.shape[1], "A", self._apply)
+
+    def __rmatmul__(self, Y: Any) -> Any:
+        # Y @ S = (S.T @ Y.T).T with Y of shape (n, d).
+        _backend_check_2d(Y, "Y")
+        return _transpose(self.T @ _transpose(Y))
+
+    @property
+    def T(self) -> Adjoint:
+        """The adjoint ``S^T: R^d -> R^m``; ``B @ S.T`` sketches the columns of ``B``."""
+        return Adjoint(self)
+
+    def to_dense(self, like: Any = None) -> Any:
+        """The ``d x m`` matrix, on the backend, device and dtype of ``like`` (NumPy float64
+        when ``like`` is None)."""
+        if like is None:
+            like = np.zeros(1)
+        xp, work = check_dense(like, "like", ndim=tuple(range(8)))
+        eye = xp.eye(self.shape[1], dtype=work, device=array_api_compat.device(like))
+        D = self._apply(eye, xp)
+        return D if D.dtype == like.dtype else xp.astype(D, like.dtype)
+
+    def __repr__(self) -> str:
+        d, m = self.shape
+        return f"{type(self).__name__}(d={d}, m={m})"
+
+
+class Adjoint:
+    """``S.T`` for a sketching operator ``S``: shape ``(m, d)``."""
+
+    __array_ufunc__ = None
+
+    def __init__(self, op: SketchingOperator) -> None:
+        self.op = op
+        self.shape = (op.shape[1], op.shape[0])
+
+    @property
+    def T(self) -> SketchingOperator:
+        return self.op
+
+    def __matmul__(self, Y: Any) -> Any:
+        if scipy.sparse.issparse(Y):
+            Y = Y.toarray()
+        return self.op._dense_call(Y, self.op.shape[0], "Y", self.op._apply_adjoint)
+
+    def __rmatmul__(self, B: Any) -> Any:
+        # B @ S.T = (S @ B.T).T with B of shape (n, m) or (m,).
+        if getattr(B, "ndim", None) == 1:
+            return self.op @ B
+        _backend_check_2d(B, "B")
+        return _transpose(self.op @ _transpose(B))
+
+    def to_dense(self, like: Any = None) -> Any:
+        return _transpose(self.op.to_dense(like))
+
+    def __repr__(self) -> str:
+        return f"{self.op!r}.T"
+
+
+def _backend_check_2d(X: Any, name: str) -> None:
+    check_dense(X, name, ndim=(2,))
+
+
+def _transpose(X: Any) -> Any:
+    return X.T if X.ndim == 2 else X
