@@ -1,0 +1,1 @@
+"""Computational routines: range finders, Krylov solvers (LSQR, PCG)."""

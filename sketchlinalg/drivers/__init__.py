@@ -1,0 +1,1 @@
+"""Drivers: rsvd, nystrom, randomized eigh, ridge, woodbury_solve."""
