@@ -30,7 +30,8 @@ class GaussianSketch(SketchingOperator):
 
     def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)
-        self.matrix = self._rng.standard_normal((d, m)) / np.sqrt(d)
+        self.matrix = self._rng.standard_normal((d, m))
+        self.matrix *= 1.0 / np.sqrt(d)
 
     def _dense(self, like: Any) -> Any:
         return self._on("G", like, like.dtype, lambda: _backend.from_host(self.matrix, like, like.dtype))

@@ -14,14 +14,20 @@ from ._base import SketchingOperator
 # Pass 2 keeps the kept rows of the inner Hadamard factor, d * (m'/b) numbers; b is raised
 # past sqrt(d) when that would exceed this many entries.
 _MAX_CACHED_ENTRIES = 1 << 22
+# Chunks of pass 1 sized to stay in a CPU's cache.
+_CHUNK_BYTES = 1 << 23
 
 
 def hadamard_signs(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Entries ``(-1)^popcount(i & j)`` of the Sylvester Hadamard matrix, as float64."""
-    v = np.bitwise_and.outer(rows, cols).astype(np.uint64)
-    for shift in (32, 16, 8, 4, 2, 1):
-        v ^= v >> np.uint64(shift)
-    return 1.0 - 2.0 * (v & np.uint64(1)).astype(np.float64)
+    v = np.bitwise_and.outer(rows.astype(np.uint32), cols.astype(np.uint32))
+    if hasattr(np, "bitwise_count"):  # NumPy >= 2.0
+        parity = np.bitwise_count(v) & 1
+    else:
+        for shift in (16, 8, 4, 2, 1):
+            v ^= v >> np.uint32(shift)
+        parity = v & 1
+    return 1.0 - 2.0 * parity.astype(np.float64)
 
 
 def _split(d: int, m_pad: int) -> int:
@@ -46,12 +52,14 @@ class SRHT(SketchingOperator):
     subspace so that its row norms are nearly uniform, which is what lets uniform sampling
     embed even coherent subspaces (Ailon and Chazelle 2009; Tropp 2011).
 
-    Only the ``d`` kept rows of :math:`HD A` are formed. With :math:`H_{m'} = H_b \otimes
-    H_a` (:math:`m' = ba`, :math:`b \approx \sqrt d`), pass 1 applies :math:`H_b` to
-    :math:`A` reshaped as :math:`b \times a n` (one GEMM streaming the matrix once) and pass 2
-    contracts each kept row's :math:`H_a` row with its :math:`a \times n` block: about
-    :math:`2 (b + d/b) m' n` flops in three passes over memory, instead of the
-    :math:`\log_2 m'` passes of a radix-2 fast Walsh-Hadamard transform.
+    Only the ``d`` kept rows of :math:`HDA` are formed. With :math:`H_{m'} = H_b \otimes H_a`
+    (:math:`m' = ba`, :math:`b \approx \sqrt d`), row :math:`(i_b, i_a)` of :math:`HDA` is
+    :math:`\sum_{j_a} (H_a)_{i_a j_a} \sum_{j_b} (H_b)_{i_b j_b} (DA)_{(j_b, j_a)}`. Pass 1
+    applies :math:`H_b` (a GEMM), pass 2 contracts with the kept rows of :math:`H_a` (a
+    batched GEMM over the groups of kept rows sharing :math:`i_b`). Both run over chunks of
+    :math:`j_a` small enough to stay in cache, so the matrix is read once: about
+    :math:`2 (b + d/b) m' n` flops in one pass over memory, where a radix-2 fast
+    Walsh-Hadamard transform makes :math:`\log_2 m'` passes.
 
     Parameters
     ----------
@@ -68,50 +76,69 @@ class SRHT(SketchingOperator):
         self.rows = np.sort(self._rng.choice(self.m_pad, size=d, replace=False))
         self.b = _split(d, self.m_pad)
         self.a = self.m_pad // self.b
-        # Group the kept rows by their outer index i_b: pass 2 is one GEMM per group.
+        # Kept row r = (i_b, i_a) sits in slot k of group i_b: flat position i_b * kmax + k.
         outer, inner = np.divmod(self.rows, self.a)
-        self._groups = [
-            (int(ib), np.flatnonzero(outer == ib)) for ib in np.unique(outer)
-        ]
+        counts = np.bincount(outer, minlength=self.b)
+        self.kmax = int(counts.max())
+        slot = np.arange(d) - np.searchsorted(outer, outer)  # rows are sorted by outer index
+        self._flat = outer * self.kmax + slot
         self._inner = inner
 
-    def _factors(self, like: Any, xp: Any) -> tuple[Any, Any, list[tuple[int, Any, Any]]]:
-        dtype = like.dtype
-        scale = 1.0 / np.sqrt(self.shape[0])  # sqrt(m'/d) * (1/sqrt(m')) of the orthonormal H
+    def _factors(self, like: Any, xp: Any) -> tuple[Any, Any, Any, Any]:
+        def build() -> tuple[Any, Any, Any, Any]:
+            ha = np.zeros((self.b * self.kmax, self.a))
+            ha[self._flat] = hadamard_signs(self._inner, np.arange(self.a)) / np.sqrt(self.shape[0])
+            signs = np.zeros(self.m_pad)
+            signs[: self.shape[1]] = self.signs
+            return (
+                _backend.from_host(signs.reshape(self.b, self.a, 1), like, like.dtype),
+                _backend.from_host(hadamard_signs(np.arange(self.b), np.arange(self.b)), like,
+                                   like.dtype),
+                _backend.from_host(ha.reshape(self.b, self.kmax, self.a), like, like.dtype),
+                _backend.from_host(self._flat, like, xp.int64),
+            )
 
-        def build() -> tuple[Any, Any, list[tuple[int, Any, Any]]]:
-            hb = hadamard_signs(np.arange(self.b), np.arange(self.b))
-            groups = []
-            for ib, pos in self._groups:
-                ha = hadamard_signs(self._inner[pos], np.arange(self.a)) * scale
-                groups.append((ib, _backend.from_host(pos, like, xp.int64),
-                               _backend.from_host(ha, like, dtype)))
-            return (_backend.from_host(self.signs[:, None], like, dtype),
-                    _backend.from_host(hb, like, dtype), groups)
+        return self._on("factors", like, like.dtype, build)
 
-        return self._on("factors", like, dtype, build)
+    def _chunks(self, like: Any, n: int) -> range:
+        """Start offsets of the j_a chunks: whole on a GPU, cache-sized on a CPU."""
+        width = self.a
+        if _backend.on_cpu(like):
+            width = max(1, min(self.a, _CHUNK_BYTES // (self.b * n * like.dtype.itemsize)))
+        return range(0, self.a, width)
+
+    def _padded(self, A: Any, xp: Any) -> Any:
+        if A.shape[0] == self.m_pad:
+            return xp.reshape(A, (self.b, self.a, A.shape[1]))
+        X = xp.zeros((self.m_pad, A.shape[1]), dtype=A.dtype, device=array_api_compat.device(A))
+        X[: A.shape[0], :] = A
+        return xp.reshape(X, (self.b, self.a, A.shape[1]))
 
     def _apply(self, A: Any, xp: Any) -> Any:
-        m, n = A.shape
-        signs, hb, groups = self._factors(A, xp)
-        dev = array_api_compat.device(A)
-        if self.m_pad == m:
-            X = A * signs
-        else:
-            X = xp.zeros((self.m_pad, n), dtype=A.dtype, device=dev)
-            X[:m, :] = A * signs
-        B = xp.reshape(hb @ xp.reshape(X, (self.b, self.a * n)), (self.b, self.a, n))
-        Y = xp.empty((self.shape[0], n), dtype=A.dtype, device=dev)
-        for ib, pos, ha in groups:
-            Y[pos, :] = ha @ B[ib, ...]
-        return Y
+        n = A.shape[1]
+        signs, hb, ha, flat = self._factors(A, xp)
+        X = self._padded(A, xp)
+        Yg = None
+        starts = self._chunks(A, n)
+        for s in starts:
+            e = min(s + starts.step, self.a)
+            T = X[:, s:e, :] * signs[:, s:e, :]
+            Bc = xp.reshape(hb @ xp.reshape(T, (self.b, -1)), (self.b, e - s, n))
+            part = ha[:, :, s:e] @ Bc
+            Yg = part if Yg is None else Yg + part
+        return xp.take(xp.reshape(Yg, (self.b * self.kmax, n)), flat, axis=0)
 
     def _apply_adjoint(self, Y: Any, xp: Any) -> Any:
         n = Y.shape[1]
-        signs, hb, groups = self._factors(Y, xp)
+        signs, hb, ha, flat = self._factors(Y, xp)
         dev = array_api_compat.device(Y)
-        C = xp.zeros((self.b, self.a, n), dtype=Y.dtype, device=dev)
-        for ib, pos, ha in groups:
-            C[ib, ...] = ha.T @ xp.take(Y, pos, axis=0)
-        X = xp.reshape(hb @ xp.reshape(C, (self.b, self.a * n)), (self.m_pad, n))
-        return X[: self.shape[1], :] * signs
+        Yg = xp.zeros((self.b * self.kmax, n), dtype=Y.dtype, device=dev)
+        Yg[flat, :] = Y
+        Yg = xp.reshape(Yg, (self.b, self.kmax, n))
+        out = xp.empty((self.b, self.a, n), dtype=Y.dtype, device=dev)
+        starts = self._chunks(Y, n)
+        for s in starts:
+            e = min(s + starts.step, self.a)
+            Cc = xp.matrix_transpose(ha[:, :, s:e]) @ Yg
+            out[:, s:e, :] = xp.reshape(hb @ xp.reshape(Cc, (self.b, -1)), (self.b, e - s, n)) * signs[:, s:e, :]
+        return xp.reshape(out, (self.m_pad, n))[: self.shape[1], :]

@@ -1,0 +1,126 @@
+"""Sketching operators against one read of the matrix and against the peer a user would use.
+
+For a tall dense matrix A (2^17 x 256, float64) and a sparse one (CSR, 1% dense), each
+family's time to sketch the rows to d = 1024, as ratios to ``A.sum(axis=0)`` (one read of
+A: the memory-bandwidth floor) and to its peer, measured in the same run:
+
+- CountSketch: ``scipy.linalg.clarkson_woodruff_transform`` (draws and applies each call)
+- SRHT: a randomized trigonometric transform with ``scipy.fft.dct`` (signs, DCT-II, sample)
+- Gaussian: NumPy ``standard_normal`` + matmul
+- SparseSign (nnz=8): against our CountSketch
+- RowSampling: ``numpy.take``
+
+"apply" times a prebuilt operator (the random data drawn once); "build+apply" includes
+drawing it, as a peer that draws inside the call does. Run: ``python benchmarks/bench_sketch.py``
+(``--quick`` for a small smoke size, ``--backend torch`` for PyTorch tensors on CPU or CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import scipy.fft
+import scipy.linalg
+import scipy.sparse
+
+import sketchlinalg as sl
+
+
+def best_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def dct_sketch(A: np.ndarray, d: int, rng: np.random.Generator) -> np.ndarray:
+    m = A.shape[0]
+    signs = rng.choice(np.array([-1.0, 1.0]), size=m)
+    rows = rng.choice(m, size=d, replace=False)
+    return np.sqrt(m / d) * scipy.fft.dct(A * signs[:, None], type=2, norm="ortho", axis=0)[rows]
+
+
+def run(m: int, n: int, d: int, repeats: int, backend: str, device: str) -> None:
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((m, n))
+    Asp = scipy.sparse.random_array((m, n), density=0.01, format="csr", rng=rng)
+    sync: Callable[[], None] = lambda: None  # noqa: E731
+    X = A
+    if backend == "torch":
+        import torch
+
+        X = torch.as_tensor(A, device=device)
+        if device == "cuda":
+            sync = torch.cuda.synchronize
+    ops = {k: sl.sketch(k, d, m, rng=1) for k in sl.KINDS}
+    ops["sparse_sign"] = sl.SparseSign(d, m, nnz=8, rng=1)
+
+    read = best_time(lambda: X.sum(axis=0) if backend == "numpy" else X.sum(0), repeats, sync)
+    peers: dict[str, tuple[str, Callable[[], object]]] = {
+        "countsketch": ("scipy cwt", lambda: scipy.linalg.clarkson_woodruff_transform(A, d, rng=2)),
+        "srht": ("scipy.fft DCT", lambda: dct_sketch(A, d, np.random.default_rng(2))),
+        "gaussian": ("numpy draw+matmul",
+                     lambda: np.random.default_rng(2).standard_normal((d, m)) @ A),
+        "sampling": ("numpy take", lambda: np.take(A, ops["sampling"].rows, axis=0)),
+    }
+    peer_t = {k: best_time(f, repeats, lambda: None) for k, (_, f) in peers.items()}
+    print(f"\ndense A: {m} x {n} float64 ({backend}/{device}), d = {d}; one read = {read * 1e3:.2f} ms")
+    print(f"{'family':<12} {'apply ms':>9} {'/read':>7} {'build+apply ms':>15} {'peer':<18}"
+          f" {'peer ms':>9} {'apply/peer':>11} {'b+a/peer':>9}")
+    apply_t = {}
+    for kind, S in ops.items():
+        t = best_time(lambda S=S: S @ X, repeats, sync)
+        opts = {"nnz": 8} if kind == "sparse_sign" else {}
+        tb = best_time(lambda kind=kind, opts=opts: sl.sketch(kind, d, m, rng=3, **opts) @ X,
+                       max(1, repeats // 2), sync)
+        apply_t[kind] = t
+        if kind in peers:
+            pname, pt = peers[kind][0], peer_t[kind]
+        else:
+            pname, pt = "our countsketch", apply_t["countsketch"]
+        print(f"{kind:<12} {t * 1e3:9.2f} {t / read:7.2f} {tb * 1e3:15.2f} {pname:<18}"
+              f" {pt * 1e3:9.2f} {t / pt:11.2f} {tb / pt:9.2f}")
+
+    if backend != "numpy":
+        return
+    read_sp = best_time(lambda: Asp.sum(axis=0), repeats, sync)
+    sparse_peers = {
+        "countsketch": lambda: scipy.linalg.clarkson_woodruff_transform(Asp, d, rng=2),
+        "gaussian": lambda: (Asp.T @ np.random.default_rng(2).standard_normal((d, m)).T).T,
+        "srht": lambda: dct_sketch(Asp.toarray(), d, np.random.default_rng(2)),
+        "sampling": lambda: Asp[ops["sampling"].rows].toarray(),
+    }
+    print(f"\nsparse A: {m} x {n}, CSR, nnz = {Asp.nnz}; one read = {read_sp * 1e3:.2f} ms")
+    print(f"{'family':<12} {'apply ms':>9} {'/read':>7} {'peer ms':>9} {'apply/peer':>11}")
+    sp_t = {}
+    for kind, S in ops.items():
+        t = best_time(lambda S=S: S @ Asp, repeats, sync)
+        sp_t[kind] = t
+        pt = (best_time(sparse_peers[kind], repeats, lambda: None) if kind in sparse_peers
+              else sp_t["countsketch"])
+        print(f"{kind:<12} {t * 1e3:9.2f} {t / read_sp:7.2f} {pt * 1e3:9.2f} {t / pt:11.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small smoke size")
+    p.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    if args.quick:
+        run(1 << 12, 32, 128, 2, args.backend, args.device)
+    else:
+        run(1 << 17, 256, 1024, args.repeats, args.backend, args.device)
+
+
+if __name__ == "__main__":
+    main()
