@@ -16,6 +16,7 @@ from .sketching import (
     SparseSign,
     sketch,
 )
+from .drivers import woodbury_solve
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,5 @@ __all__ = [
     "SketchingOperator",
     "SparseSign",
     "sketch",
+    "woodbury_solve",
 ]
