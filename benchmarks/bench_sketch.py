@@ -72,7 +72,8 @@ def run(m: int, n: int, d: int, repeats: int, backend: str, device: str) -> None
         "sampling": ("numpy take", lambda: np.take(A, ops["sampling"].rows, axis=0)),
     }
     peer_t = {k: best_time(f, repeats, lambda: None) for k, (_, f) in peers.items()}
-    print(f"\ndense A: {m} x {n} float64 ({backend}/{device}), d = {d}; one read = {read * 1e3:.2f} ms")
+    print(f"\ndense A: {m} x {n} float64 ({backend}/{device}), d = {d};"
+          f" one read = {read * 1e3:.2f} ms")
     print(f"{'family':<12} {'apply ms':>9} {'/read':>7} {'build+apply ms':>15} {'peer':<18}"
           f" {'peer ms':>9} {'apply/peer':>11} {'b+a/peer':>9}")
     apply_t = {}

@@ -80,14 +80,16 @@ def to_host(x: Any) -> np.ndarray:
     """A NumPy copy of an array of any backend."""
     name = backend_name(x)
     if name == "torch":
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
     if name == "cupy":
         return x.get()
     return np.asarray(x)
 
 
 def sparse_from_coo(
-    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int], like: Any, dtype: Any
+    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int, int], like: Any,
+    dtype: Any,
 ) -> Any:
     """A sparse matrix in the backend of ``like`` from host COO triplets (duplicates summed).
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 
-RNGLike = Union[int, np.integer, np.random.Generator, np.random.SeedSequence, None]
+RNGLike = int | np.integer | np.random.Generator | np.random.SeedSequence | None
 
 RNG_DOC = (
     "rng : int, numpy.random.Generator, numpy.random.SeedSequence or None\n"

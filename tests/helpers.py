@@ -9,7 +9,11 @@ from sketchlinalg._backend import to_host
 
 def eps(dtype) -> float:
     """Machine epsilon of a NumPy, torch or CuPy floating dtype."""
+    if isinstance(dtype, type) or isinstance(dtype, np.dtype):
+        return float(np.finfo(dtype).eps)
     name = str(dtype).replace("torch.", "")
+    if name == "bfloat16":
+        return 2.0**-7
     return float(np.finfo(np.dtype(name)).eps)
 
 

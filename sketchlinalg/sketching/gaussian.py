@@ -34,7 +34,8 @@ class GaussianSketch(SketchingOperator):
         self.matrix *= 1.0 / np.sqrt(d)
 
     def _dense(self, like: Any) -> Any:
-        return self._on("G", like, like.dtype, lambda: _backend.from_host(self.matrix, like, like.dtype))
+        return self._on("G", like, like.dtype,
+                        lambda: _backend.from_host(self.matrix, like, like.dtype))
 
     def _apply(self, A: Any, xp: Any) -> Any:
         return self._dense(A) @ A

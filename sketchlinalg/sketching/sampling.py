@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
 import numpy as np
 import scipy.sparse
 
@@ -34,15 +35,15 @@ class RowSampling(SketchingOperator):
         self.scale = float(np.sqrt(m / d))
 
     def _index(self, like: Any, xp: Any) -> Any:
-        return self._on("rows", like, "int64", lambda: _backend.from_host(self.rows, like, xp.int64))
+        return self._on("rows", like, "int64",
+                        lambda: _backend.from_host(self.rows, like, xp.int64))
 
     def _apply(self, A: Any, xp: Any) -> Any:
         return xp.take(A, self._index(A, xp), axis=0) * self.scale
 
     def _apply_adjoint(self, Y: Any, xp: Any) -> Any:
-        import array_api_compat
-
-        out = xp.zeros((self.shape[1], Y.shape[1]), dtype=Y.dtype, device=array_api_compat.device(Y))
+        out = xp.zeros((self.shape[1], Y.shape[1]), dtype=Y.dtype,
+                       device=array_api_compat.device(Y))
         out[self._index(Y, xp)] = Y * self.scale
         return out
 

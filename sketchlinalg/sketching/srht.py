@@ -140,5 +140,6 @@ class SRHT(SketchingOperator):
         for s in starts:
             e = min(s + starts.step, self.a)
             Cc = xp.matrix_transpose(ha[:, :, s:e]) @ Yg
-            out[:, s:e, :] = xp.reshape(hb @ xp.reshape(Cc, (self.b, -1)), (self.b, e - s, n)) * signs[:, s:e, :]
+            Xc = xp.reshape(hb @ xp.reshape(Cc, (self.b, -1)), (self.b, e - s, n))
+            out[:, s:e, :] = Xc * signs[:, s:e, :]
         return xp.reshape(out, (self.m_pad, n))[: self.shape[1], :]
