@@ -12,7 +12,8 @@ A: the memory-bandwidth floor) and to its peer, measured in the same run:
 
 "apply" times a prebuilt operator (the random data drawn once); "build+apply" includes
 drawing it, as a peer that draws inside the call does. Run: ``python benchmarks/bench_sketch.py``
-(``--quick`` for a small smoke size, ``--backend torch`` for PyTorch tensors on CPU or CUDA).
+(``--quick`` for a small smoke size, ``--backend torch --device cuda`` or ``--backend cupy``
+for GPU arrays; the peers stay NumPy/SciPy on the CPU, so GPU ratios say what moving buys).
 """
 
 from __future__ import annotations
@@ -60,10 +61,15 @@ def run(m: int, n: int, d: int, repeats: int, backend: str, device: str) -> None
         X = torch.as_tensor(A, device=device)
         if device == "cuda":
             sync = torch.cuda.synchronize
+    elif backend == "cupy":
+        import cupy
+
+        X = cupy.asarray(A)
+        sync = cupy.cuda.Device().synchronize
     ops = {k: sl.sketch(k, d, m, rng=1) for k in sl.KINDS}
     ops["sparse_sign"] = sl.SparseSign(d, m, nnz=8, rng=1)
 
-    read = best_time(lambda: X.sum(axis=0) if backend == "numpy" else X.sum(0), repeats, sync)
+    read = best_time(lambda: X.sum(0), repeats, sync)
     peers: dict[str, tuple[str, Callable[[], object]]] = {
         "countsketch": ("scipy cwt", lambda: scipy.linalg.clarkson_woodruff_transform(A, d, rng=2)),
         "srht": ("scipy.fft DCT", lambda: dct_sketch(A, d, np.random.default_rng(2))),
@@ -113,7 +119,7 @@ def run(m: int, n: int, d: int, repeats: int, backend: str, device: str) -> None
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small smoke size")
-    p.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
+    p.add_argument("--backend", choices=["numpy", "torch", "cupy"], default="numpy")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()

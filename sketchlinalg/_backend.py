@@ -8,6 +8,7 @@ passed, so ``import sketchlinalg`` needs NumPy and SciPy alone.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import array_api_compat
@@ -106,13 +107,15 @@ def sparse_from_coo(
         import torch  # the caller handed us a tensor, so torch is already imported
 
         dev = like.device
-        return torch.sparse_csr_tensor(
-            torch.as_tensor(host.indptr, dtype=torch.int64, device=dev),
-            torch.as_tensor(host.indices, dtype=torch.int64, device=dev),
-            torch.as_tensor(host.data, dtype=dtype, device=dev),
-            size=shape,
-            check_invariants=False,
-        )
+        with warnings.catch_warnings():  # torch flags every CSR tensor as "beta"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                torch.as_tensor(host.indptr, dtype=torch.int64, device=dev),
+                torch.as_tensor(host.indices, dtype=torch.int64, device=dev),
+                torch.as_tensor(host.data, dtype=dtype, device=dev),
+                size=shape,
+                check_invariants=False,
+            )
     import cupy
     import cupyx.scipy.sparse
 
