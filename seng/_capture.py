@@ -1,0 +1,122 @@
+"""Forward and tensor hooks that record layer inputs and output gradients on curvature steps.
+
+The hooks are registered once and return at once unless the preconditioner armed them for
+the coming step (``Capture.active``) and the forward is a training forward with autograd on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers.base import LayerHelper, Payload
+
+
+class Call:
+    """One forward call of a module: its payload and (after backward) its output gradient."""
+
+    __slots__ = ("grad", "n", "payload")
+
+    def __init__(self, payload: Payload, n: int) -> None:
+        self.payload = payload
+        self.n = n
+        self.grad: torch.Tensor | None = None
+
+    def add_grad(self, grad: torch.Tensor) -> None:
+        # A second backward through the same graph adds to the first, as for p.grad.
+        self.grad = grad if self.grad is None else self.grad + grad
+
+
+def take(payload: Payload, index: torch.Tensor | None) -> Payload:
+    """Rows ``index`` of every tensor in ``payload`` (all of it when ``index`` is None)."""
+    if index is None:
+        return payload
+    if isinstance(payload, tuple):
+        return tuple(take(p, index) for p in payload)
+    return payload.index_select(0, index.to(payload.device))
+
+
+def hooked_tensor(target: torch.Tensor) -> torch.Tensor:
+    """The tensor to hook for the gradient of ``target``.
+
+    A hook on a view is lost when the view is later modified in place (a module output
+    followed by ``ReLU(inplace=True)``: ``nn.Linear`` on a 3-D input returns a view of its
+    2-D result). When ``target`` is a contiguous reshape of its base, hook the base instead;
+    its gradient, reshaped, is that of ``target``.
+    """
+    base = target._base
+    if (base is not None and base.numel() == target.numel() and target.is_contiguous()
+            and base.is_contiguous()):
+        return base
+    return target
+
+
+def leading(payload: Payload) -> int:
+    return leading(payload[0]) if isinstance(payload, tuple) else int(payload.shape[0])
+
+
+class Capture:
+    """Records :class:`Call` s of the registered layers while ``active``.
+
+    ``subset(n)`` returns the sample indices kept for a batch of ``n`` samples (None for
+    all); the first batch size seen in a step is the step's batch size, and a call with
+    another leading dimension is recorded as inconsistent (its layer skips the update).
+    """
+
+    def __init__(self, subset: Callable[[int], torch.Tensor | None]) -> None:
+        self.active = False
+        self.subset = subset
+        self.batch_size: int | None = None
+        self.calls: dict[str, list[Call]] = {}
+        self.inconsistent: set[str] = set()
+        self.handles: list[Any] = []
+
+    def register(self, name: str, helper: LayerHelper, params: dict[str, nn.Parameter]) -> None:
+        self.calls[name] = []
+
+        def forward_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if not (self.active and module.training and torch.is_grad_enabled()):
+                return
+            if not any(p.requires_grad for p in params.values()):
+                return
+            target = helper.hooked_output(output)
+            if not (isinstance(target, torch.Tensor) and target.requires_grad):
+                return
+            payload = helper.capture_forward(inputs, output)
+            n = leading(payload)
+            if self.batch_size is None:
+                self.batch_size = n
+            if n != self.batch_size:
+                self.inconsistent.add(name)
+                return
+            index = self.subset(n)
+            call = Call(take(payload, index), n)
+            self.calls[name].append(call)
+            shape = target.shape
+            hooked_tensor(target).register_hook(lambda grad: call.add_grad(
+                take(helper.capture_grad(grad.detach().reshape(shape)), index)))
+
+        self.handles.append(helper.module.register_forward_hook(forward_hook))
+
+    def pop(self, name: str) -> tuple[list[Call], bool]:
+        """The calls of ``name`` that received a gradient, and whether any call was
+        inconsistent; forgets them."""
+        calls = [c for c in self.calls[name] if c.grad is not None]
+        self.calls[name] = []
+        bad = name in self.inconsistent
+        self.inconsistent.discard(name)
+        return calls, bad
+
+    def reset(self) -> None:
+        for name in self.calls:
+            self.calls[name] = []
+        self.inconsistent.clear()
+        self.batch_size = None
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()

@@ -1,0 +1,129 @@
+"""The per-layer interface: what a helper for one module type provides.
+
+How a layer helper plugs in
+---------------------------
+A helper is a subclass of :class:`LayerHelper` registered for one or more exact module
+types with :func:`seng.layers.register` (see ``linear.py`` and ``conv.py``). The
+preconditioner then, for every module of that type in the user's model:
+
+1. on curvature steps only, calls :meth:`LayerHelper.capture_forward` from a forward hook
+   (the returned payload is a tensor, or a tuple of tensors, with the sample dimension
+   first; it is subsampled along that dimension when ``curvature_batch`` is set) and
+   registers a tensor hook on :meth:`LayerHelper.hooked_output`, whose gradient goes
+   through :meth:`LayerHelper.capture_grad` (also sample-first);
+2. in ``step()``, hands every recorded call ``(payload, grad_output)`` of the module to
+   :meth:`LayerHelper.per_sample`, which returns the per-sample gradients of the layer's
+   block as a :class:`~seng.routes.persample.PerSampleGrads` (a compact representation of
+   ``U = [grad l_1, ..., grad l_N] / sqrt(N)``: Kronecker factors, a dense matrix, or a
+   new representation class of your own);
+3. maps the parameters' gradients to the block layout of that representation with
+   :meth:`LayerHelper.grads_to_block`, lets a route (``seng/routes``) precondition the
+   block, and maps the result back with :meth:`LayerHelper.block_to_grads`.
+
+A module called several times in one forward gives one recorded call per use; the
+per-sample gradient is the sum over calls, which ``per_sample`` must implement (for
+Kronecker factors: concatenate the calls along the positions axis). Calls whose output
+never receives a gradient are dropped before ``per_sample``. Only the parameters named in
+``live`` (trainable and with a gradient this step) belong to the block.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..routes.persample import PerSampleGrads
+
+Payload = Any  # a tensor or a tuple of tensors, sample dimension first
+
+
+class LayerHelper:
+    """Capture and per-sample gradients for one supported module type.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module (of one of ``module_types``) this helper serves.
+    """
+
+    #: The exact module types served (subclasses are not matched: their forward may differ).
+    module_types: ClassVar[tuple[type[nn.Module], ...]] = ()
+    #: Attribute names of the parameters forming the block, in block order.
+    param_names: ClassVar[tuple[str, ...]] = ("weight", "bias")
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def capture_forward(self, inputs: tuple[Any, ...], output: Any) -> Payload:
+        """What to keep from one forward call (detached, sample dimension first)."""
+        raise NotImplementedError
+
+    def hooked_output(self, output: Any) -> torch.Tensor:
+        """The tensor whose gradient is recorded (the module output by default)."""
+        return output
+
+    def capture_grad(self, grad_output: torch.Tensor) -> torch.Tensor:
+        """The recorded gradient of :meth:`hooked_output`, sample dimension first."""
+        return grad_output
+
+    def per_sample(
+        self, calls: list[tuple[Payload, torch.Tensor]], live: tuple[str, ...], scale: float
+    ) -> PerSampleGrads:
+        """Per-sample gradients of the block of ``live`` parameters, each times ``scale``.
+
+        ``scale`` turns the recorded backprop signal into ``grad l_i / sqrt(N)`` (it holds the
+        loss-reduction factor and the ``1/sqrt(N)`` of ``U``).
+        """
+        raise NotImplementedError
+
+    def grads_to_block(self, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The gradients of the ``live`` parameters (keys of ``grads``) in block layout."""
+        raise NotImplementedError
+
+    def block_to_grads(self, block: torch.Tensor, live: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Inverse of :meth:`grads_to_block`."""
+        raise NotImplementedError
+
+
+class WeightBiasHelper(LayerHelper):
+    """Shared block logic of layers whose per-sample gradient is ``G_i^T A_i`` per group.
+
+    The block of group ``j`` is the ``(d_out/groups) x (d_in/groups + 1)`` matrix
+    ``[W_j, b_j]`` (weight rows of the group, bias as the last column); the block layout is
+    ``(groups, d_out/groups, da)`` with ``da`` the number of live input columns. A frozen
+    weight leaves the bias column alone; a frozen bias drops the ones column.
+    """
+
+    groups: int = 1
+
+    def grads_to_block(self, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+        cols = []
+        g = self.groups
+        if "weight" in grads:
+            w = grads["weight"]
+            cols.append(w.reshape(g, w.shape[0] // g, -1))
+        if "bias" in grads:
+            b = grads["bias"]
+            cols.append(b.reshape(g, -1, 1))
+        return cols[0] if len(cols) == 1 else torch.cat(cols, dim=2)
+
+    def block_to_grads(self, block: torch.Tensor, live: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        out = {}
+        if "weight" in live:
+            w = self.module.weight
+            width = block.shape[2] - (1 if "bias" in live else 0)
+            out["weight"] = block[:, :, :width].reshape(w.shape)
+        if "bias" in live:
+            out["bias"] = block[:, :, -1].reshape(self.module.bias.shape)
+        return out
+
+    @staticmethod
+    def with_ones(A: torch.Tensor, live: tuple[str, ...]) -> torch.Tensor:
+        """``A`` (..., d) with a ones column appended for the bias; ones alone if the weight
+        is frozen."""
+        ones = A.new_ones((*A.shape[:-1], 1))
+        if "weight" not in live:
+            return ones
+        return torch.cat([A, ones], dim=-1) if "bias" in live else A

@@ -1,0 +1,116 @@
+"""``SENG``: the SENG preconditioner and SGD with momentum as one ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import _hyper
+from .preconditioner import Damping, SENGPreconditioner, UpdateFreq
+
+
+class SENG(torch.optim.Optimizer):
+    r"""Sketchy empirical natural gradient descent with momentum (Yang et al. 2022, Alg. 1).
+
+    Each step, for every parameter with a gradient ``g``:
+
+    .. math::
+        \tilde g &= g + \text{weight\_decay}\, w, \\
+        d &= \text{SENG-precondition}(\tilde g)
+           = (U U^T + \lambda I)^{-1} \tilde g \text{ per supported layer}, \\
+        b &\leftarrow \text{momentum}\, b + d \quad (b = d \text{ on the first step}), \\
+        w &\leftarrow w - \text{lr}\, b,
+
+    where :class:`SENGPreconditioner` defines ``U`` and the treatment of other parameters.
+    Weight decay is added before preconditioning (the preconditioned gradient is that of
+    the regularized loss), as in the paper. ``p.grad`` is not modified. ``lr``,
+    ``momentum`` and ``weight_decay`` live in ``param_groups`` (LR schedulers work on it);
+    the preconditioner's options are fixed at construction.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; all its parameters form one parameter group.
+    lr : float
+        Learning rate, >= 0.
+    momentum : float
+        Heavy-ball momentum in [0, 1). Default 0.9.
+    weight_decay : float
+        L2 coefficient, >= 0. Default 0.
+    damping, update_freq :
+        As in :class:`SENGPreconditioner` (defaults 1.0 and 10).
+    **preconditioner_options
+        Further keyword arguments of :class:`SENGPreconditioner` (``sketch``,
+        ``sketch_size``, ``rng``, ``loss_reduction``, ``curvature_batch``,
+        ``max_update_norm``, ``routes``, ``solve_dtype``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        damping: Damping = 1.0,
+        update_freq: UpdateFreq = 10,
+        **preconditioner_options: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not _hyper._is_real(lr) or not lr >= 0:
+            raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
+        if not _hyper._is_real(momentum) or not 0 <= momentum < 1:
+            raise ValueError(f"Invalid momentum value: {momentum} (must be in [0, 1))")
+        if not _hyper._is_real(weight_decay) or not weight_decay >= 0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
+        self.preconditioner = SENGPreconditioner(
+            model, damping=damping, update_freq=update_freq, **preconditioner_options)
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        super().__init__(model.parameters(), defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One SENG step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grads = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    g = p.grad
+                    grads[p] = g.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else g
+        directions = self.preconditioner.precondition(grads)
+        for group in self.param_groups:
+            for p in group["params"]:
+                d = directions.get(p)
+                if d is None:
+                    continue
+                if group["momentum"]:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = d.clone()
+                    else:
+                        buf.mul_(group["momentum"]).add_(d)
+                    d = buf
+                p.add_(d, alpha=-group["lr"])
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Optimizer.state_dict()`` plus the preconditioner's under ``"seng"``."""
+        state = super().state_dict()
+        state["seng"] = self.preconditioner.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        if "seng" not in state_dict:
+            raise ValueError("state_dict has no 'seng' entry (not saved by SENG.state_dict)")
+        seng_state = state_dict.pop("seng")
+        super().load_state_dict(state_dict)
+        self.preconditioner.load_state_dict(seng_state)

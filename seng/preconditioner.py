@@ -1,0 +1,454 @@
+"""``SENGPreconditioner``: the SENG preconditioner beside any torch optimizer."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sketchlinalg._rng import RNGLike, normalize_rng
+
+from . import _hyper
+from ._capture import Call, Capture, leading
+from .layers import HELPERS, LayerHelper, helper_for
+from .routes import ROUTES, Curvature
+from .routes.cost import choose_route
+
+Damping = float | Callable[[int], float]
+UpdateFreq = int | Callable[[int], int]
+
+
+class _Layer:
+    """A registered module: its helper, its block's parameters and its stored curvature."""
+
+    def __init__(self, index: int, name: str, module: nn.Module, helper: LayerHelper,
+                 params: dict[str, nn.Parameter], route: str) -> None:
+        self.index = index
+        self.name = name
+        self.module = module
+        self.helper = helper
+        self.params = params
+        self.route = route
+        self.curvature: Curvature | None = None
+        self.live: tuple[str, ...] = ()
+        self.needs_refresh = True
+
+
+class SENGPreconditioner:
+    r"""Sketchy empirical natural gradient preconditioner (Yang et al. 2022).
+
+    For every supported layer (``nn.Linear``, ``nn.Conv1d/2d/3d``; weight and bias together
+    as one block; block-diagonal over layers) ``step()`` replaces the gradient ``g`` in
+    ``p.grad`` by
+
+    .. math:: d = (U U^T + \lambda I)^{-1} g
+                = \frac{1}{\lambda}\bigl(g - U (U^T U + \lambda I)^{-1} U^T g\bigr),
+              \qquad U = \frac{1}{\sqrt{N}} [\nabla l_1, \dots, \nabla l_N],
+
+    with ``l_1..l_N`` the per-sample losses of the last curvature batch and ``lambda`` the
+    damping (SENG, Section 3, eq. (3.5): the empirical Fisher ``U U^T`` inverted through
+    the ``N x N`` Woodbury system). Other trainable parameters get ``g / (1 + lambda)``.
+    Use it with any optimizer::
+
+        opt.zero_grad(); loss.backward(); pre.step(); opt.step()
+
+    Per-sample gradients are captured by hooks on curvature steps only: a forward hook
+    records each supported module's input, a tensor hook on its output records the
+    backpropagated gradient. The sample dimension is dimension 0 of the module's input.
+    Only training-mode forwards with autograd enabled are captured; a module called
+    several times contributes the sum over calls; a parameter without ``requires_grad``
+    or without a gradient is left alone. Between curvature steps (``update_freq > 1``) the
+    stored ``U`` of the last curvature batch preconditions the new gradients.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; it is not modified (hooks only). Supported layers are found by exact
+        module type (see :data:`seng.layers.HELPERS`); a parameter shared by two modules
+        is treated as unsupported.
+    damping : float or callable
+        ``lambda > 0``, or a function of the step counter returning it. Default 1.0.
+    update_freq : int or callable
+        Refresh the curvature every ``update_freq`` steps (or a function of the step).
+        Default 10.
+    sketch : None, "auto" or str
+        ``None``: exact Gram. A sketchlinalg family (``"gaussian"``, ``"srht"``,
+        ``"countsketch"``, ``"sparse_sign"``, ``"sampling"``): the Gram of a sketch
+        ``S U`` of the parameter dimension with ``E[S^T S] = I`` (a Kronecker sketch
+        ``S_out (x) S_in`` for linear and convolution weights); ``U^T g`` and ``U alpha`` stay
+        exact. ``"auto"``: a cost model (flops from the captured shapes) picks exact or
+        CountSketch per layer and curvature update; the choice is in :meth:`layer_info`.
+    sketch_size : int
+        Coordinates of a layer block kept by the sketch (``s*s`` for the paper's sample
+        size ``s``). Default 16384 (``s = 128``).
+    rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
+        Source of randomness (SPEC 7) for sketches and curvature subsampling; a seed is
+        drawn from it once, and each step's randomness derives from that seed and the step
+        counter, so ``state_dict`` reproduces a run.
+    loss_reduction : {"mean", "sum"}
+        Whether the loss is the mean or the sum of the per-sample losses (the backward
+        signal of a mean is ``(1/N) dl_i/dy``, which is rescaled by ``N``).
+    curvature_batch : int or None
+        Use a uniformly random subset of this many samples of the batch (without
+        replacement) for the curvature; None uses the whole batch.
+    max_update_norm : float or None
+        Scale the preconditioned gradient of all parameters down to this Euclidean norm
+        when it is larger.
+    routes : dict or None
+        Per-layer route override, keyed by module or module name: ``"exact"``, ``"auto"``
+        or a sketch family.
+    solve_dtype : torch.dtype
+        dtype of the ``N x N`` Cholesky solve (float64 or float32); factors and products
+        use the parameters' dtype (float32 for half precision).
+
+    Notes
+    -----
+    NaN or Inf in a layer's gradient leaves that ``p.grad`` untouched; in its curvature
+    (Gram or direction) it keeps the last good curvature. Both are counted
+    (:attr:`counters`) and warned about once. Hyperparameters are not part of
+    :meth:`state_dict`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        damping: Damping = 1.0,
+        update_freq: UpdateFreq = 10,
+        *,
+        sketch: str | None = None,
+        sketch_size: int = 16384,
+        rng: RNGLike = 0,
+        loss_reduction: str = "mean",
+        curvature_batch: int | None = None,
+        max_update_norm: float | None = None,
+        routes: Mapping[nn.Module | str, str] | None = None,
+        solve_dtype: torch.dtype = torch.float64,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.damping = _hyper.check_damping(damping)
+        self.update_freq = _hyper.check_update_freq(update_freq)
+        self.sketch = _hyper.check_sketch(sketch)
+        self.sketch_size = _hyper.check_positive_int(sketch_size, "sketch_size")
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"Invalid loss_reduction value: {loss_reduction!r} "
+                             "(valid: 'mean', 'sum')")
+        self.loss_reduction = loss_reduction
+        self.curvature_batch = _hyper.check_positive_int(
+            curvature_batch, "curvature_batch", allow_none=True)
+        self.max_update_norm = _hyper.check_positive_float(
+            max_update_norm, "max_update_norm", allow_none=True)
+        if solve_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"Invalid solve_dtype value: {solve_dtype} "
+                             "(valid: torch.float32, torch.float64)")
+        self.solve_dtype = solve_dtype
+        self._seed = int(normalize_rng(rng).integers(0, 2**63))
+
+        self.model = model
+        self._layers = self._register(model, routes)
+        if not self._layers:
+            names = ", ".join(sorted(t.__name__ for t in HELPERS))
+            raise ValueError(f"model has no supported layer with parameters (supported: {names})")
+        self._step = 0
+        self._last_update: int | None = None
+        self.counters = {"curvature_updates": 0, "skipped_updates": 0, "nonfinite_grads": 0,
+                         "solve_fallbacks": 0, "missing_curvature": 0}
+        self._warned: set[str] = set()
+        self._subset: tuple[int, int, torch.Tensor | None] | None = None
+        self.last_curvature_indices: torch.Tensor | None = None
+        self._capture = Capture(self._subset_for)
+        for layer in self._layers:
+            self._capture.register(layer.name, layer.helper, layer.params)
+        self._capture.active = True
+
+    # -- registration ----------------------------------------------------------------------
+    def _register(self, model: nn.Module, routes: Mapping[Any, str] | None) -> list[_Layer]:
+        owners: dict[int, int] = {}
+        for m in model.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    owners[id(p)] = owners.get(id(p), 0) + 1
+        overrides = self._check_routes(model, routes)
+        default = "exact" if self.sketch is None else self.sketch
+        layers = []
+        for name, module in model.named_modules():
+            helper = helper_for(module)
+            if helper is None:
+                continue
+            params = {n: getattr(module, n) for n in helper.param_names}
+            params = {n: p for n, p in params.items()
+                      if isinstance(p, nn.Parameter) and owners[id(p)] == 1}
+            if params:
+                route = overrides.get(name, overrides.get(id(module), default))
+                layers.append(_Layer(len(layers), name, module, helper, params, route))
+        return layers
+
+    @staticmethod
+    def _check_routes(model: nn.Module, routes: Mapping[Any, str] | None) -> dict[Any, str]:
+        if routes is None:
+            return {}
+        if not isinstance(routes, Mapping):
+            raise TypeError(f"routes must be a dict {{module or name: route}}, "
+                            f"got {type(routes).__name__}")
+        modules = dict(model.named_modules())
+        ids = {id(m) for m in modules.values()}
+        out: dict[Any, str] = {}
+        for key, route in routes.items():
+            if isinstance(key, str):
+                if key not in modules:
+                    raise ValueError(f"Invalid routes key: no module named {key!r} in model")
+                out[key] = _hyper.check_route(route, key)
+            elif isinstance(key, nn.Module) and id(key) in ids:
+                out[id(key)] = _hyper.check_route(route, type(key).__name__)
+            else:
+                raise ValueError(f"Invalid routes key: {key!r} is not a module of model "
+                                 "nor a module name")
+        return out
+
+    # -- public API ------------------------------------------------------------------------
+    @property
+    def step_count(self) -> int:
+        """Number of ``step``/``precondition`` calls so far."""
+        return self._step
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Replace ``p.grad`` of every parameter with a gradient by its preconditioned value
+        (in place) and advance the step counter."""
+        grads = {p: p.grad for p in self.model.parameters() if p.grad is not None}
+        for p, d in self.precondition(grads).items():
+            p.grad.copy_(d)
+
+    @torch.no_grad()
+    def precondition(
+        self, grads: Mapping[torch.Tensor, torch.Tensor]
+    ) -> dict[torch.Tensor, torch.Tensor]:
+        """The preconditioned directions of ``grads`` (``{parameter: gradient}``), without
+        touching ``p.grad``; advances the step counter like :meth:`step`.
+
+        Parameters missing from the result are left as they were (non-finite gradients).
+        """
+        k = self._step
+        damping = _hyper.damping_at(self.damping, k)
+        refresh = self._refresh_due(k)
+        out: dict[torch.Tensor, torch.Tensor] = {}
+        handled: set[int] = set()
+        for layer in self._layers:
+            handled.update(id(p) for p in layer.params.values())
+            calls, inconsistent = self._capture.pop(layer.name)
+            live = tuple(n for n, p in layer.params.items() if p.requires_grad and p in grads)
+            if not live:
+                continue
+            named = {n: grads[layer.params[n]] for n in live}
+            if not all(bool(torch.isfinite(g).all()) for g in named.values()):
+                self._count("nonfinite_grads", f"NaN/Inf in the gradient of layer {layer.name!r}: "
+                            "its gradient is left untouched and its curvature not updated")
+                continue
+            if refresh or layer.needs_refresh:
+                self._refresh(layer, calls, inconsistent, live, k)
+            block = layer.helper.grads_to_block(named)
+            block = block.to(_work_dtype(block.dtype))
+            d = self._direction(layer, block, live, damping)
+            for n, t in layer.helper.block_to_grads(d, live).items():
+                out[layer.params[n]] = t.to(named[n].dtype)
+        for p, g in grads.items():
+            if id(p) not in handled and bool(torch.isfinite(g).all()):
+                out[p] = g / (1.0 + damping)
+        self._cap_norm(out)
+        if refresh:
+            self._last_update = k
+        self._step = k + 1
+        self._capture.reset()
+        self._capture.active = self._capture_due(k + 1)
+        return out
+
+    def remove_hooks(self) -> None:
+        """Remove the hooks from the model (the preconditioner then cannot refresh)."""
+        self._capture.remove()
+
+    # -- curvature -------------------------------------------------------------------------
+    def _refresh(self, layer: _Layer, calls: list[Call], inconsistent: bool,
+                 live: tuple[str, ...], k: int) -> None:
+        if inconsistent:
+            self._warn(f"inconsistent:{layer.name}", f"layer {layer.name!r} saw inputs whose "
+                       "leading (sample) dimension differs from the batch size; its curvature "
+                       "is not updated this step")
+            return
+        if not calls:
+            return
+        n = calls[0].n
+        nc = leading(calls[0].payload)
+        scale = (n if self.loss_reduction == "mean" else 1.0) / math.sqrt(nc)
+        work = [(_cast(c.payload), _cast(c.grad)) for c in calls]
+        rep = layer.helper.per_sample(work, live, scale)
+        route, costs = layer.route, {}
+        if route == "auto":
+            route, costs = choose_route(rep, self.sketch_size)
+        build = ROUTES["exact"] if route == "exact" else ROUTES["sketched"]
+        curvature = build(rep, kind=route, size=self.sketch_size, rng=self._rng(k, layer.index + 1),
+                          solve_dtype=self.solve_dtype)
+        if not bool(torch.isfinite(curvature.gram).all()):
+            self._count("skipped_updates", f"NaN/Inf in the curvature of layer {layer.name!r}: "
+                        "update skipped, the last good curvature is kept")
+            return
+        curvature.info.update(costs, step=k, samples=rep.n)
+        layer.curvature, layer.live = curvature, live
+        self.counters["curvature_updates"] += 1
+
+    def _direction(self, layer: _Layer, block: torch.Tensor, live: tuple[str, ...],
+                   damping: float) -> torch.Tensor:
+        if layer.curvature is not None and layer.live == live:
+            d, fallback = layer.curvature.direction(block, damping)
+            if fallback:
+                self._count("solve_fallbacks", f"Cholesky of the damped Gram of layer "
+                            f"{layer.name!r} failed; solved with its spectrum clipped at the "
+                            "damping")
+            if bool(torch.isfinite(d).all()):
+                layer.needs_refresh = False
+                return d
+            self._count("skipped_updates", f"NaN/Inf in the direction of layer {layer.name!r}: "
+                        "its curvature is dropped and refreshed on the next step")
+            layer.curvature = None
+        else:
+            self._count("missing_curvature", f"layer {layer.name!r} has a gradient but no "
+                        "curvature (nothing captured: eval mode, no_grad, or a new set of "
+                        "trainable parameters); it gets g / (1 + damping) until the next "
+                        "capture")
+        layer.needs_refresh = True
+        return block / (1.0 + damping)
+
+    def _refresh_due(self, k: int) -> bool:
+        if self._last_update is None:
+            return True
+        return k - self._last_update >= _hyper.update_freq_at(self.update_freq, k)
+
+    def _capture_due(self, k: int) -> bool:
+        return self._refresh_due(k) or any(layer.needs_refresh for layer in self._layers)
+
+    def _rng(self, k: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(self._seed, spawn_key=(k, stream)))
+
+    def _subset_for(self, n: int) -> torch.Tensor | None:
+        if self.curvature_batch is None or self.curvature_batch >= n:
+            self.last_curvature_indices = None
+            return None
+        if self._subset is None or self._subset[:2] != (self._step, n):
+            idx = np.sort(self._rng(self._step, 0).choice(n, self.curvature_batch, replace=False))
+            self._subset = (self._step, n, torch.as_tensor(idx, dtype=torch.int64))
+        self.last_curvature_indices = self._subset[2]
+        return self._subset[2]
+
+    def _cap_norm(self, out: dict[torch.Tensor, torch.Tensor]) -> None:
+        if self.max_update_norm is None or not out:
+            return
+        norm = math.sqrt(sum(float(d.double().square().sum()) for d in out.values()))
+        if norm > self.max_update_norm:
+            for p in out:
+                out[p] = out[p] * (self.max_update_norm / norm)
+
+    def _count(self, counter: str, message: str) -> None:
+        self.counters[counter] += 1
+        self._warn(counter, message)
+
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message + " (warned once)", RuntimeWarning, stacklevel=4)
+
+    # -- report ----------------------------------------------------------------------------
+    def layer_info(self) -> list[dict[str, Any]]:
+        """One dict per registered layer: ``name``, ``type``, ``params`` (block members),
+        ``numel``, ``route`` (setting), ``last`` (info of the stored curvature: route used,
+        Gram method, storage, cost-model flops, step, samples) and ``memory_bytes`` held."""
+        rows = []
+        for layer in self._layers:
+            c = layer.curvature
+            rows.append({
+                "name": layer.name, "type": type(layer.module).__name__,
+                "params": list(layer.params),
+                "numel": sum(p.numel() for p in layer.params.values()),
+                "route": layer.route, "last": None if c is None else dict(c.info),
+                "memory_bytes": 0 if c is None else c.nbytes,
+            })
+        return rows
+
+    def unsupported_parameters(self) -> list[str]:
+        """Names of the trainable parameters preconditioned by ``g / (1 + damping)``."""
+        handled = {id(p) for layer in self._layers for p in layer.params.values()}
+        return [n for n, p in self.model.named_parameters()
+                if p.requires_grad and id(p) not in handled]
+
+    def report(self) -> str:
+        """A table of the registered layers, their routes and the memory they hold."""
+        lines = [f"{'layer':<24} {'type':<8} {'params':>9} {'route':<12} {'used':<12} "
+                 f"{'gram':<10} {'store':<10} {'memory':>10}"]
+        total = 0
+        for r in self.layer_info():
+            last = r["last"] or {}
+            total += r["memory_bytes"]
+            lines.append(f"{r['name'] or '(model)':<24} {r['type']:<8} {r['numel']:>9} "
+                         f"{r['route']:<12} {last.get('route', '-'):<12} "
+                         f"{last.get('gram_method', '-'):<10} {last.get('store', '-'):<10} "
+                         f"{_mib(r['memory_bytes']):>10}")
+        lines.append(f"total curvature memory {_mib(total)}; counters {self.counters}")
+        others = self.unsupported_parameters()
+        if others:
+            lines.append(f"g / (1 + damping) for: {', '.join(others)}")
+        return "\n".join(lines)
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Step counter, seed, counters and every layer's stored curvature (tensors by
+        reference, as ``torch.optim`` does)."""
+        return {
+            "step": self._step, "last_update": self._last_update, "seed": self._seed,
+            "counters": dict(self.counters),
+            "layers": {layer.name: {
+                "curvature": None if layer.curvature is None else layer.curvature.state_dict(),
+                "live": list(layer.live), "needs_refresh": layer.needs_refresh,
+            } for layer in self._layers},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; layers are matched by module name."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        missing = {"step", "last_update", "seed", "counters", "layers"} - set(state)
+        if missing:
+            raise ValueError(f"state is missing keys {sorted(missing)}")
+        names = {layer.name for layer in self._layers}
+        if set(state["layers"]) != names:
+            raise ValueError(f"state has layers {sorted(state['layers'])}, the model has "
+                             f"{sorted(names)}")
+        for layer in self._layers:
+            s = state["layers"][layer.name]
+            device = next(iter(layer.params.values())).device
+            c = s["curvature"]
+            layer.curvature = None if c is None else Curvature.from_state(c, device)
+            layer.live = tuple(s["live"])
+            layer.needs_refresh = bool(s["needs_refresh"])
+        self._step = int(state["step"])
+        self._last_update = None if state["last_update"] is None else int(state["last_update"])
+        self._seed = int(state["seed"])
+        self.counters = dict(state["counters"])
+        self._capture.reset()
+        self._capture.active = self._capture_due(self._step)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _cast(x: Any) -> Any:
+    if isinstance(x, tuple):
+        return tuple(_cast(t) for t in x)
+    return x.to(_work_dtype(x.dtype)) if x.is_floating_point() else x
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.2f} MiB"

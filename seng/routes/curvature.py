@@ -1,0 +1,53 @@
+"""The stored curvature of one layer and the SENG direction it gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .persample import PerSampleGrads, from_state
+from .solve import cholesky_solve, damped_cholesky
+
+
+class Curvature:
+    r"""Curvature of one layer block from its last curvature batch.
+
+    Holds ``U`` in compact form (``store``) and the ``N x N`` matrix ``gram`` (``U^T U``, or
+    its sketched estimate) in the solve dtype. The direction is the Woodbury form
+
+    .. math:: (U U^T + \lambda I)^{-1} g = \frac{1}{\lambda}
+              \bigl(g - U (U^T U + \lambda I)^{-1} U^T g\bigr)
+
+    (Yang et al. 2022, SENG, Section 3), with ``U^T g`` and ``U alpha`` computed exactly from
+    ``store``; only ``gram`` may be sketched.
+    """
+
+    def __init__(self, store: PerSampleGrads, gram: torch.Tensor, info: dict[str, Any]) -> None:
+        self.store = store
+        self.gram = gram
+        self.info = info
+        self._factor: tuple[float, torch.Tensor] | None = None
+
+    def direction(self, g: torch.Tensor, damping: float) -> tuple[torch.Tensor, bool]:
+        """``((U U^T + damping I)^{-1} g, whether the Cholesky fallback was used)``."""
+        fallback = False
+        if self._factor is None or self._factor[0] != damping:
+            L, fallback = damped_cholesky(self.gram, damping)
+            self._factor = (damping, L)
+        L = self._factor[1]
+        v = self.store.rmatvec(g).to(L.dtype)
+        alpha = cholesky_solve(L, v).to(g.dtype)
+        return (g - self.store.matvec(alpha)) / damping, fallback
+
+    @property
+    def nbytes(self) -> int:
+        return self.store.nbytes + self.gram.numel() * self.gram.element_size()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"store": self.store.state_dict(), "gram": self.gram, "info": dict(self.info)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> Curvature:
+        store = from_state(state["store"], device)
+        return cls(store, state["gram"].to(device), dict(state["info"]))
