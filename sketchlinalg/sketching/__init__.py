@@ -26,8 +26,9 @@ def sketch(kind: str, d: int, m: int, rng: RNGLike = 0, **options: Any) -> Sketc
 
     Parameters
     ----------
-    kind : {"gaussian", "srht", "countsketch", "sparse_sign", "sampling"}
-        The family; see the class of each for its definition and scaling.
+    kind : str
+        The family: ``"gaussian"``, ``"srht"``, ``"countsketch"``, ``"sparse_sign"`` or
+        ``"sampling"``; see the class of each for its definition and scaling.
     d, m : int
         Output and input dimensions, ``1 <= d <= m``.
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
