@@ -8,7 +8,10 @@ passed, so ``import sketchlinalg`` needs NumPy and SciPy alone.
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import array_api_compat
@@ -23,6 +26,7 @@ __all__ = [
     "from_host",
     "namespace",
     "on_cpu",
+    "qr",
     "scatter_add_rows",
     "solve_triangular",
     "sparse_from_coo",
@@ -94,15 +98,14 @@ def sparse_from_coo(
 ) -> Any:
     """A sparse matrix in the backend of ``like`` from host COO triplets (duplicates summed).
 
-    The result supports ``S @ X`` with a dense 2-D ``X`` of the same backend. NumPy gets
-    CSC: its product streams through the rows of ``X`` in order (SciPy's CSR product
-    visits them in the order of the column indices, about 2.5x slower for a CountSketch).
+    The result supports ``S @ X`` with a dense 2-D ``X`` of the same backend (on NumPy a
+    multi-threaded wrapper of SciPy's product).
     """
     name = backend_name(like)
     host = scipy.sparse.csr_array((vals, (rows, cols)), shape=shape)
     host.sum_duplicates()
     if name == "numpy":
-        return host.tocsc().astype(dtype)
+        return _BlockedSparse(host.astype(dtype))
     if name == "torch":
         import torch  # the caller handed us a tensor, so torch is already imported
 
@@ -125,6 +128,41 @@ def sparse_from_coo(
              cupy.asarray(host.indptr)),
             shape=shape,
         )
+
+
+class _BlockedSparse:
+    """A sparse matrix whose product with a large dense ``X`` runs on every core.
+
+    SciPy's sparse-dense product is single-threaded and releases the GIL. A wide matrix
+    (a sketch) is split into column blocks, CSC, whose partial products over their own rows
+    of ``X`` are summed; a tall one (an adjoint) into row blocks, CSR, whose products are
+    stacked. CSC streams the rows of ``X`` in order (SciPy's CSR product for a wide matrix
+    visits them in the order of the column indices, about 2.5x slower for a CountSketch).
+    """
+
+    _pool: ThreadPoolExecutor | None = None
+    MIN_WORK = 1 << 20  # below this many entries of X, threads cost more than they save
+
+    def __init__(self, S: scipy.sparse.csr_array) -> None:
+        self.wide = S.shape[1] >= S.shape[0]
+        self.S = S.tocsc() if self.wide else S.tocsr()
+        self.shape = S.shape
+        cores = os.cpu_count() or 1
+        edges = np.linspace(0, S.shape[1] if self.wide else S.shape[0], cores + 1).astype(int)
+        self.blocks = [
+            (self.S[:, a:b] if self.wide else self.S[a:b], a, b)
+            for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a
+        ]
+
+    def __matmul__(self, X: np.ndarray) -> np.ndarray:
+        if len(self.blocks) == 1 or X.size < self.MIN_WORK:
+            return self.S @ X
+        if _BlockedSparse._pool is None:
+            _BlockedSparse._pool = ThreadPoolExecutor(len(self.blocks))
+        if self.wide:
+            parts = _BlockedSparse._pool.map(lambda b: b[0] @ X[b[1]:b[2]], self.blocks)
+            return functools.reduce(np.add, parts)
+        return np.concatenate(list(_BlockedSparse._pool.map(lambda b: b[0] @ X, self.blocks)))
 
 
 def scatter_add_rows(out: Any, index: Any, values: Any) -> Any:
@@ -181,3 +219,32 @@ def on_cpu(x: Any) -> bool:
     """Whether ``x`` lives in host memory (NumPy, or a torch tensor on the CPU)."""
     name = backend_name(x)
     return name == "numpy" or (name == "torch" and x.device.type == "cpu")
+
+
+def qr(A: Any) -> tuple[Any, Any]:
+    """Reduced Householder QR ``A = Q R`` of a 2-D ``A`` with at least as many rows as columns.
+
+    NumPy goes through SciPy's LAPACK wrapper (``geqrf``/``orgqr``), about twice as fast as
+    ``numpy.linalg.qr`` on tall thin matrices.
+    """
+    if backend_name(A) == "numpy":
+        Q, R = scipy.linalg.qr(A, mode="economic", check_finite=False)
+    else:
+        Q, R = namespace(A).linalg.qr(A)
+    return Q, R
+
+
+def qr_r(A: Any) -> Any:
+    """The ``R`` factor, shape ``(min(m, n), n)``, of a Householder QR of a 2-D ``A`` (``Q`` is
+    never formed). Factor ``[A | b]`` to get ``Q^T b`` as the last column of ``R`` for free.
+    """
+    name = backend_name(A)
+    if name == "numpy":
+        return np.linalg.qr(A, mode="r")
+    if name == "torch":
+        import torch
+
+        return torch.linalg.qr(A, mode="r").R
+    import cupy
+
+    return cupy.linalg.qr(A, mode="r")

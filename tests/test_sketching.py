@@ -310,3 +310,18 @@ def test_bad_kind_and_nnz():
         sl.SparseSign(4, 10, nnz=5)
     with pytest.raises(ValueError, match="nnz must be >= 1"):
         sl.SparseSign(4, 10, nnz=0)
+
+
+@pytest.mark.parametrize("kind", ["countsketch", "sparse_sign"])
+def test_multithreaded_sparse_product(kind):
+    # Above _BlockedSparse.MIN_WORK entries the product is split over cores: same result.
+    m, n, d = 1 << 15, 40, 64
+    S = make(kind, d, m, rng=8)
+    A = np.random.default_rng(9).standard_normal((m, n))
+    Y = np.random.default_rng(10).standard_normal((d, m // d * 2))
+    assert A.size >= 1 << 20
+    dense = S.to_dense()
+    assert_close(S @ A, dense @ A, factor=tol_factor(m),
+                 scale=float(np.abs(dense).sum(axis=1).max() * np.abs(A).max()))
+    assert_close(S.T @ Y, dense.T @ Y, factor=tol_factor(d),
+                 scale=float(np.abs(dense).sum(axis=0).max() * np.abs(Y).max()))
