@@ -6,7 +6,11 @@ from __future__ import annotations
 from torch import nn
 
 from .base import LayerHelper, WeightBiasHelper
+from .batchnorm import BatchNormHelper
 from .conv import ConvHelper
+from .embedding import EmbeddingHelper
+from .groupnorm import GroupNormHelper
+from .layernorm import LayerNormHelper
 from .linear import LinearHelper
 
 #: Exact module type -> helper class.
@@ -26,8 +30,10 @@ def helper_for(module: nn.Module) -> LayerHelper | None:
     return None if cls is None else cls(module)
 
 
-for _helper in (LinearHelper, ConvHelper):
+for _helper in (LinearHelper, ConvHelper, BatchNormHelper, LayerNormHelper, GroupNormHelper,
+                EmbeddingHelper):
     register(_helper)
 
-__all__ = ["HELPERS", "ConvHelper", "LayerHelper", "LinearHelper", "WeightBiasHelper",
-           "helper_for", "register"]
+__all__ = ["HELPERS", "BatchNormHelper", "ConvHelper", "EmbeddingHelper", "GroupNormHelper",
+           "LayerHelper", "LayerNormHelper", "LinearHelper", "WeightBiasHelper", "helper_for",
+           "register"]
