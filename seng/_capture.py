@@ -54,6 +54,11 @@ def hooked_tensor(target: torch.Tensor) -> torch.Tensor:
     return target
 
 
+def _functorch_wrapped(t: torch.Tensor) -> bool:
+    # A vmap/grad forward (e.g. a torch.func per-sample computation) is not a training step.
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
 def leading(payload: Payload) -> int:
     return leading(payload[0]) if isinstance(payload, tuple) else int(payload.shape[0])
 
@@ -62,16 +67,13 @@ class Capture:
     """Records :class:`Call` s of the registered layers while ``active``.
 
     ``subset(n)`` returns the sample indices kept for a batch of ``n`` samples (None for
-    all); the first batch size seen in a step is the step's batch size, and a call with
-    another leading dimension is recorded as inconsistent (its layer skips the update).
+    all). Forwards inside ``torch.func`` transforms are not recorded.
     """
 
     def __init__(self, subset: Callable[[int], torch.Tensor | None]) -> None:
         self.active = False
         self.subset = subset
-        self.batch_size: int | None = None
         self.calls: dict[str, list[Call]] = {}
-        self.inconsistent: set[str] = set()
         self.handles: list[Any] = []
 
     def register(self, name: str, helper: LayerHelper, params: dict[str, nn.Parameter]) -> None:
@@ -85,13 +87,10 @@ class Capture:
             target = helper.hooked_output(output)
             if not (isinstance(target, torch.Tensor) and target.requires_grad):
                 return
+            if _functorch_wrapped(target):
+                return
             payload = helper.capture_forward(inputs, output)
             n = leading(payload)
-            if self.batch_size is None:
-                self.batch_size = n
-            if n != self.batch_size:
-                self.inconsistent.add(name)
-                return
             index = self.subset(n)
             call = Call(take(payload, index), n)
             self.calls[name].append(call)
@@ -102,19 +101,15 @@ class Capture:
         self.handles.append(helper.module.register_forward_hook(forward_hook))
 
     def pop(self, name: str) -> tuple[list[Call], bool]:
-        """The calls of ``name`` that received a gradient, and whether any call was
-        inconsistent; forgets them."""
+        """The calls of ``name`` that received a gradient, and whether their sample counts
+        disagree (then they cannot be summed per sample); forgets them."""
         calls = [c for c in self.calls[name] if c.grad is not None]
         self.calls[name] = []
-        bad = name in self.inconsistent
-        self.inconsistent.discard(name)
-        return calls, bad
+        return calls, len({c.n for c in calls}) > 1
 
     def reset(self) -> None:
         for name in self.calls:
             self.calls[name] = []
-        self.inconsistent.clear()
-        self.batch_size = None
 
     def remove(self) -> None:
         for h in self.handles:

@@ -234,8 +234,10 @@ class SENGPreconditioner:
         Parameters missing from the result are left as they were (non-finite gradients).
         """
         k = self._step
+        # Evaluate the schedules first: a bad value raises before any state changes.
         damping = _hyper.damping_at(self.damping, k)
-        refresh = self._refresh_due(k)
+        refresh = self._refresh_due(k, self._last_update)
+        next_freq = _hyper.update_freq_at(self.update_freq, k + 1)
         out: dict[torch.Tensor, torch.Tensor] = {}
         handled: set[int] = set()
         for layer in self._layers:
@@ -264,7 +266,7 @@ class SENGPreconditioner:
             self._last_update = k
         self._step = k + 1
         self._capture.reset()
-        self._capture.active = self._capture_due(k + 1)
+        self._capture.active = self._capture_due(k + 1, next_freq)
         return out
 
     def remove_hooks(self) -> None:
@@ -275,9 +277,9 @@ class SENGPreconditioner:
     def _refresh(self, layer: _Layer, calls: list[Call], inconsistent: bool,
                  live: tuple[str, ...], k: int) -> None:
         if inconsistent:
-            self._warn(f"inconsistent:{layer.name}", f"layer {layer.name!r} saw inputs whose "
-                       "leading (sample) dimension differs from the batch size; its curvature "
-                       "is not updated this step")
+            self._warn(f"inconsistent:{layer.name}", f"layer {layer.name!r} was called on "
+                       "inputs with different leading (sample) dimensions in one step; its "
+                       "curvature is not updated this step")
             return
         if not calls:
             return
@@ -322,13 +324,17 @@ class SENGPreconditioner:
         layer.needs_refresh = True
         return block / (1.0 + damping)
 
-    def _refresh_due(self, k: int) -> bool:
-        if self._last_update is None:
+    def _refresh_due(self, k: int, last: int | None, freq: int | None = None) -> bool:
+        if last is None:
             return True
-        return k - self._last_update >= _hyper.update_freq_at(self.update_freq, k)
+        if freq is None:
+            freq = _hyper.update_freq_at(self.update_freq, k)
+        return k - last >= freq
 
-    def _capture_due(self, k: int) -> bool:
-        return self._refresh_due(k) or any(layer.needs_refresh for layer in self._layers)
+    def _capture_due(self, k: int, freq: int | None = None) -> bool:
+        """Whether step ``k``'s forward must be captured (known before that forward)."""
+        return (self._refresh_due(k, self._last_update, freq)
+                or any(layer.needs_refresh for layer in self._layers))
 
     def _rng(self, k: int, stream: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence(self._seed, spawn_key=(k, stream)))

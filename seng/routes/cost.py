@@ -34,8 +34,14 @@ def gram_flops(rep: PerSampleGrads) -> float:
 
 
 def choose_route(rep: PerSampleGrads, size: int) -> tuple[str, dict[str, Any]]:
-    """``("exact" | AUTO_KIND, costs)`` for ``sketch="auto"``."""
+    """``("exact" | AUTO_KIND, costs)`` for ``sketch="auto"``.
+
+    Sketch only where the exact Gram costs more than the layer's own gradient (``2 N p``
+    flops per position: below that it is not worth an estimate) and the sketch saves at
+    least ``1 - SKETCH_SAVING`` of it.
+    """
     exact = gram_flops(rep)
     sketched = rep.sketch_flops(AUTO_KIND, size)
-    route = AUTO_KIND if sketched < SKETCH_SAVING * exact else "exact"
+    baseline = rep.apply_flops() / 2
+    route = AUTO_KIND if exact > baseline and sketched < SKETCH_SAVING * exact else "exact"
     return route, {"exact_flops": exact, "sketched_flops": sketched}

@@ -109,7 +109,7 @@ class DenseGrads(PerSampleGrads):
         p = self.rows.shape[1]
         if size >= p:
             return self
-        S = sl.sketch(kind, size, p, rng=rng)
+        S = _make_sketch(kind, size, p, rng)
         return DenseGrads(self.rows @ S.T, (size,))
 
     def sketch_flops(self, kind: str, size: int) -> float:
@@ -221,10 +221,10 @@ class KroneckerFactors(PerSampleGrads):
         seeds = rng.integers(0, 2**63, size=2)
         A, G = self.A, self.G
         if s_in < self.da:
-            S_in = sl.sketch(kind, s_in, self.da, rng=int(seeds[0]))
+            S_in = _make_sketch(kind, s_in, self.da, int(seeds[0]))
             A = (A.reshape(-1, self.da) @ S_in.T).reshape(*A.shape[:3], s_in)
         if s_out < self.dg:
-            S_out = sl.sketch(kind, s_out, self.dg, rng=int(seeds[1]))
+            S_out = _make_sketch(kind, s_out, self.dg, int(seeds[1]))
             G = (G.reshape(-1, self.dg) @ S_out.T).reshape(*G.shape[:3], s_out)
         return KroneckerFactors(A, G)
 
@@ -246,6 +246,12 @@ class KroneckerFactors(PerSampleGrads):
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> KroneckerFactors:
         return cls(state["A"].to(device), state["G"].to(device))
+
+
+def _make_sketch(kind: str, d: int, m: int, rng: Any) -> sl.SketchingOperator:
+    # Sparse sign needs nnz <= d; its default of 8 is capped for small sketches.
+    options = {"nnz": min(8, d)} if kind == "sparse_sign" else {}
+    return sl.sketch(kind, d, m, rng=rng, **options)
 
 
 def _kron_gram_costs(
