@@ -9,6 +9,7 @@ passed, so ``import sketchlinalg`` needs NumPy and SciPy alone.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -151,7 +152,7 @@ class _BlockedSparse:
         edges = np.linspace(0, S.shape[1] if self.wide else S.shape[0], cores + 1).astype(int)
         self.blocks = [
             (self.S[:, a:b] if self.wide else self.S[a:b], a, b)
-            for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a
+            for a, b in itertools.pairwise(edges) if b > a
         ]
 
     def __matmul__(self, X: np.ndarray) -> np.ndarray:

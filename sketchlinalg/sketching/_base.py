@@ -101,8 +101,9 @@ class SketchingOperator:
         if like is None:
             like = np.zeros(1)
         xp, work = check_dense(like, "like", ndim=tuple(range(8)))
-        eye = xp.eye(self.shape[1], dtype=work, device=array_api_compat.device(like))
-        D = self._apply(eye, xp)
+        # The adjoint of the d x d identity: O(d m) memory, where S @ I_m would need m^2.
+        eye = xp.eye(self.shape[0], dtype=work, device=array_api_compat.device(like))
+        D = self._apply_adjoint(eye, xp).T
         return D if D.dtype == like.dtype else xp.astype(D, like.dtype)
 
     def __repr__(self) -> str:
