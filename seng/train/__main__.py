@@ -1,5 +1,0 @@
-"""``python -m seng.train``."""
-
-from .cli import main
-
-raise SystemExit(main())
