@@ -6,6 +6,8 @@ computational routines and drivers. ``import sketchlinalg`` needs NumPy and SciP
 backend (torch, cupy) is used only through the arrays the caller passes.
 """
 
+from .comps import adaptive_range_finder, range_finder
+from .drivers import eigh_randomized, nystrom, rsvd, woodbury_solve
 from .sketching import (
     KINDS,
     SRHT,
@@ -16,7 +18,6 @@ from .sketching import (
     SparseSign,
     sketch,
 )
-from .drivers import woodbury_solve
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,11 @@ __all__ = [
     "RowSampling",
     "SketchingOperator",
     "SparseSign",
+    "adaptive_range_finder",
+    "eigh_randomized",
+    "nystrom",
+    "range_finder",
+    "rsvd",
     "sketch",
     "woodbury_solve",
 ]

@@ -1,1 +1,3 @@
 """Computational routines: range finders, Krylov solvers (LSQR, PCG)."""
+
+from .range_finder import adaptive_range_finder, range_finder

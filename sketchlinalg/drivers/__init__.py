@@ -1,3 +1,6 @@
 """Drivers: rsvd, nystrom, randomized eigh, ridge, woodbury_solve."""
 
+from .eigh import eigh_randomized
+from .nystrom import nystrom
+from .rsvd import rsvd
 from .woodbury import woodbury_solve
