@@ -6,8 +6,8 @@ computational routines and drivers. ``import sketchlinalg`` needs NumPy and SciP
 backend (torch, cupy) is used only through the arrays the caller passes.
 """
 
-from .comps import adaptive_range_finder, range_finder
-from .drivers import eigh_randomized, nystrom, rsvd, woodbury_solve
+from .comps import adaptive_range_finder, lsqr, pcg, range_finder
+from .drivers import eigh_randomized, nystrom, ridge, rsvd, woodbury_solve
 from .sketching import (
     KINDS,
     SRHT,
@@ -31,8 +31,11 @@ __all__ = [
     "SparseSign",
     "adaptive_range_finder",
     "eigh_randomized",
+    "lsqr",
     "nystrom",
+    "pcg",
     "range_finder",
+    "ridge",
     "rsvd",
     "sketch",
     "woodbury_solve",

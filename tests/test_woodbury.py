@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.sparse
 import scipy.sparse.linalg
-from helpers import assert_close, eps, matrix_with_spectrum
 
 import sketchlinalg as sl
+from helpers import assert_close, eps, matrix_with_spectrum
 from sketchlinalg import _backend
 
 P, N = 300, 30

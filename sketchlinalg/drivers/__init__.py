@@ -2,5 +2,6 @@
 
 from .eigh import eigh_randomized
 from .nystrom import nystrom
+from .ridge import ridge
 from .rsvd import rsvd
 from .woodbury import woodbury_solve
