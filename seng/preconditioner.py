@@ -247,15 +247,14 @@ class SENGPreconditioner:
             if not live:
                 continue
             named = {n: grads[layer.params[n]] for n in live}
-            if not all(bool(torch.isfinite(g).all()) for g in named.values()):
+            block = layer.helper.grads_to_block(named)
+            if not bool(torch.isfinite(block).all()):
                 self._count("nonfinite_grads", f"NaN/Inf in the gradient of layer {layer.name!r}: "
                             "its gradient is left untouched and its curvature not updated")
                 continue
             if refresh or layer.needs_refresh:
                 self._refresh(layer, calls, inconsistent, live, k)
-            block = layer.helper.grads_to_block(named)
-            block = block.to(_work_dtype(block.dtype))
-            d = self._direction(layer, block, live, damping)
+            d = self._direction(layer, block.to(_work_dtype(block.dtype)), live, damping)
             for n, t in layer.helper.block_to_grads(d, live).items():
                 out[layer.params[n]] = t.to(named[n].dtype)
         for p, g in grads.items():
