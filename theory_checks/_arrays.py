@@ -1,0 +1,52 @@
+"""The array backend a check computes with: data drawn on the host (NumPy), moved once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sketchlinalg import _backend
+
+from ._config import Config
+
+
+class Arrays:
+    """Array namespace ``xp`` of the configured backend and device, with host transfers.
+
+    Random data is always drawn with NumPy on the host and copied over, so one seed gives
+    the same numbers on every backend (up to the rounding of the backend's arithmetic).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.backend = config.backend
+        self.device = config.device
+        if config.backend == "numpy":
+            like: Any = np.zeros(0)
+        elif config.backend == "torch":
+            import torch
+
+            if config.device == "cuda" and not torch.cuda.is_available():
+                raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+            like = torch.zeros(0, dtype=torch.float64, device=config.device)
+        else:
+            import cupy
+
+            like = cupy.zeros(0)
+        self.like = like
+        self.xp = _backend.namespace(like)
+
+    def asarray(self, x: Any) -> Any:
+        """A float64 copy of host data ``x`` on the backend and device."""
+        return _backend.from_host(np.asarray(x, dtype=np.float64), like=self.like,
+                                  dtype=self.xp.float64)
+
+    @staticmethod
+    def host(x: Any) -> np.ndarray:
+        """A NumPy copy."""
+        return _backend.to_host(x)
+
+    @staticmethod
+    def item(x: Any) -> float:
+        """A Python float from a 0-d array of any backend."""
+        return float(_backend.to_host(x))

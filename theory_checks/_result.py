@@ -1,0 +1,56 @@
+"""What a check returns: one row per sub-claim, gathered into a result per claim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Check:
+    """One sub-claim: the theory's value, the measurement and the PASS rule.
+
+    ``values`` holds the raw numbers behind the row (used to compare backends).
+    """
+
+    name: str
+    predicted: str
+    measured: str
+    passed: bool
+    rule: str
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """The result of one claim's check.
+
+    ``curvature`` says which curvature matrix ("which Fisher") the check uses; ``details``
+    is Markdown for the report; ``figures`` are the PNG files written (empty without an
+    output folder).
+    """
+
+    name: str
+    claim: str
+    curvature: str
+    checks: list[Check]
+    figures: list[Path] = field(default_factory=list)
+    details: str = ""
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        """True when every sub-claim passed."""
+        return all(c.passed for c in self.checks)
+
+    @property
+    def predicted(self) -> str:
+        return "; ".join(f"{c.name}: {c.predicted}" for c in self.checks)
+
+    @property
+    def measured(self) -> str:
+        return "; ".join(f"{c.name}: {c.measured}" for c in self.checks)
+
+    def values(self) -> dict[str, float]:
+        """Every sub-claim's raw numbers, keyed ``"<check>.<value>"``."""
+        return {f"{c.name}.{k}": v for c in self.checks for k, v in c.values.items()}
