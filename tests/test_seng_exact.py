@@ -47,7 +47,7 @@ def dense_direction(ps, names, g, damping, rows=None):
     if rows is not None:
         U = U[rows]
     U = U.T / math.sqrt(U.shape[0])
-    K = U @ U.T + damping * torch.eye(U.shape[0], dtype=U.dtype)
+    K = U @ U.T + damping * torch.eye(U.shape[0], dtype=U.dtype, device=U.device)
     w = torch.linalg.eigvalsh(K)
     return torch.linalg.solve(K, g), float(w[-1] / w[0])
 
@@ -319,3 +319,20 @@ def test_gram_methods_agree(method, monkeypatch):
     for r in (rep, rep.to_dense()):
         assert_close(r.rmatvec(g), U @ g.reshape(-1), factor=4 * 40)
         assert_close(r.matvec(alpha).reshape(-1), alpha @ U, factor=4 * 40)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", ["mlp", "cnn", "grouped_dilated2d"])
+def test_exact_on_cuda(name):
+    """The same oracle comparison with the model and data on the GPU (float64)."""
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    model, x, y, loss_fn, layers = make_case(name, 7, gen)
+    model, x, y = model.cuda(), x.cuda(), y.cuda()
+    pre = SENGPreconditioner(model, damping=DAMPING, update_freq=1, curvature_batch=5)
+    batch_loss(model, loss_fn, x, y, "mean").backward()
+    pre.step()
+    ps = per_sample_grads(model, loss_fn, x, y)
+    check_block(model, layers, ps, full_grad(ps, "mean"), DAMPING,
+                rows=pre.last_curvature_indices.cuda())

@@ -227,3 +227,4 @@ def test_report_lists_layers_routes_and_memory():
     assert [r["name"] for r in info] == ["0", "2"]
     assert all(r["memory_bytes"] > 0 for r in info)
     assert info[0]["last"]["gram_method"] in ("kronecker", "dense")
+    assert info[0]["last"]["gram_flops"] > 0 and info[1]["last"]["sketch_shape"] == [1, 2, 13]

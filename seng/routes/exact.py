@@ -15,5 +15,7 @@ def build(rep: PerSampleGrads, *, solve_dtype: torch.dtype, **_: Any) -> Curvatu
     materialized per-sample gradients (see :mod:`seng.routes.cost`)."""
     gram, method = rep.gram()
     store = rep.compact()
+    flops, temp = rep.gram_costs()[method]
     return Curvature(store, gram.to(solve_dtype), {
-        "route": "exact", "gram_method": method, "store": store.kind})
+        "route": "exact", "gram_method": method, "gram_flops": flops, "gram_temp_bytes": temp,
+        "store": store.kind})

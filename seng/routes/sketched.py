@@ -26,6 +26,7 @@ def build(
     sketched = rep.sketch(kind, size, rng)
     gram, method = sketched.gram()
     store = rep.compact()
+    flops, temp = sketched.gram_costs()[method]
     return Curvature(store, gram.to(solve_dtype), {
-        "route": kind, "gram_method": method, "store": store.kind,
-        "sketch_shape": list(sketched.block_shape)})
+        "route": kind, "gram_method": method, "gram_flops": flops, "gram_temp_bytes": temp,
+        "store": store.kind, "sketch_shape": list(sketched.block_shape)})
