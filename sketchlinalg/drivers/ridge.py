@@ -46,58 +46,59 @@ def ridge(
     Equivalently :math:`\min_x \|\bar A x - \bar b\|_2` with
     :math:`\bar A = [A; \sqrt{\lambda} I_n]`, :math:`\bar b = [b; 0]`, whose solution is
     :math:`x = (A^T A + \lambda I)^{-1} A^T b`. With :math:`\lambda = 0` and
-    :math:`m \ge n` this is ordinary least squares (``A`` must then have full column rank
-    numerically, or the truncated-SVD preconditioner below takes over).
+    :math:`m \ge n` this is ordinary least squares; a numerically rank-deficient ``A`` then
+    gets the minimum-norm solution on its numerical range (truncated SVD, reported in
+    ``info["factorization"]``).
 
-    Methods
-    -------
+    ``method`` selects the algorithm:
+
     ``"direct"``
         Cholesky :math:`L L^T = A^T A + \lambda I` of the normal equations when they keep
         at least half of the working digits, i.e. when the condition-number estimate
         :math:`\hat\kappa(\bar A) = \hat\kappa(L) \le \epsilon^{-1/4}` (forward error
         :math:`\approx \epsilon \kappa^2 \le \sqrt{\epsilon}`); otherwise Householder QR of
         :math:`[\bar A \mid \bar b]` (forward error :math:`\approx \epsilon \kappa`, plus the
-        :math:`\epsilon \kappa^2 \|r\|` term every least-squares solver has). Golub and Van
-        Loan, *Matrix Computations*, 4th ed., Sec. 5.3.
+        :math:`\epsilon \kappa^2 \|r\| / (\|A\| \|x\|)` term of every least-squares solver).
+        Golub and Van Loan, *Matrix Computations*, 4th ed., Sec. 5.3.
     ``"sketch_solve"``
         Sketch-and-solve (Sarlos 2006): :math:`x = \arg\min \|S A x - S b\|^2 +
         \lambda \|x\|^2`, with :math:`S` of shape ``(sketch_size, m)``. Approximate: with a
-        subspace embedding of distortion :math:`\varepsilon` its objective is within a
-        factor :math:`((1 + \varepsilon)/(1 - \varepsilon))^2` of the optimum; exact when
-        :math:`b` is consistent (:math:`b = A x_*`, :math:`\lambda = 0`).
+        subspace embedding of :math:`\mathrm{range}([\bar A, \bar b])` of distortion
+        :math:`\varepsilon` its objective is within a factor
+        :math:`((1 + \varepsilon)/(1 - \varepsilon))^2` of the optimum; exact when ``b`` is
+        consistent (:math:`b = A x_*`, :math:`\lambda = 0`).
     ``"sketch_precondition"``
         Blendenpik / LSRN (Avron, Maymounkov and Toledo 2010; Meng, Saunders and Mahoney
-        2014): QR :math:`[S A; \sqrt{\lambda} I] = Q R` (rows of ``A`` sketched,
-        :math:`\sqrt{\lambda} I` appended unsketched), then LSQR (or CG on the normal
-        equations, ``solver="cg"``) on the right-preconditioned problem
-        :math:`\min_y \|\bar A R^{-1} y - \bar b\|`, :math:`x = R^{-1} y`, started from the
-        sketch-and-solve answer. When :math:`\hat\kappa(R) > \epsilon^{-1/4}` LSQR is
-        restarted once from its result (iterative refinement, Epperly, Meier and Nakatsukasa
+        2014): Householder QR :math:`[S A; \sqrt{\lambda} I] = Q R` (rows of ``A``
+        sketched, :math:`\sqrt{\lambda} I` appended unsketched), then LSQR on the
+        right-preconditioned :math:`\min_y \|\bar A R^{-1} y - \bar b\|`,
+        :math:`x = R^{-1} y`, started from the sketch-and-solve answer. If :math:`S` embeds
+        :math:`\mathrm{range}(\bar A)` with distortion :math:`\varepsilon`,
+        :math:`\mathrm{cond}(\bar A R^{-1}) \le (1 + \varepsilon)/(1 - \varepsilon)` whatever
+        :math:`\mathrm{cond}(A)`, and LSQR gains a factor :math:`\approx \varepsilon` per
+        iteration: for a Gaussian :math:`S`, :math:`\varepsilon \approx \sqrt{n/d}` and
+        about :math:`\log(\text{tol}/2) / \log\sqrt{n/d}` iterations (LSRN, Sec. 4). When
+        :math:`\hat\kappa(R) > \epsilon^{-1/4}` LSQR is restarted once from its result
+        (iterative refinement with a recomputed residual; Epperly, Meier and Nakatsukasa
         2024), which brings the forward error of inconsistent ill-conditioned problems to
-        that of Householder QR. CG works on the normal equations of the preconditioned
-        problem: as fast, but for ill-conditioned ``A`` only as accurate as normal equations
-        allow (:math:`\epsilon \kappa^2`). If :math:`S` embeds :math:`\mathrm{range}(\bar A)` with
-        distortion :math:`\varepsilon`, :math:`\mathrm{cond}(\bar A R^{-1}) \le
-        (1 + \varepsilon)/(1 - \varepsilon)` independently of :math:`\mathrm{cond}(A)`, and
-        LSQR gains a factor :math:`\approx \varepsilon` per iteration (for a Gaussian
-        :math:`S`, :math:`\varepsilon \approx \sqrt{n/d}`: about
-        :math:`\log(\text{tol}/2)/\log\sqrt{n/d}` iterations). When :math:`R` is numerically
-        singular (:math:`\hat\kappa(R) > 1/(n \epsilon)`, only possible for
-        :math:`\lambda \approx 0`) the preconditioner is :math:`V_r \Sigma_r^{-1}` from the SVD
-        of the sketch truncated at :math:`n \epsilon \sigma_1`, and the minimum-norm solution
-        on the numerical range is returned (reported in ``info``).
+        that of Householder QR. ``solver="cg"`` runs CG on the preconditioned normal
+        equations instead: as fast, but for ill-conditioned ``A`` only as accurate as
+        normal equations (:math:`\epsilon \kappa^2`). A numerically singular :math:`R`
+        (:math:`\hat\kappa(R) > 1/(n \epsilon)`, only possible for :math:`\lambda \approx 0`)
+        is replaced by its SVD truncated at :math:`n \epsilon \sigma_1`, preconditioner
+        :math:`V_r \Sigma_r^{-1}`.
     ``"auto"``
         A ``scipy.sparse`` ``A`` (with :math:`m \ge n`) goes to ``"sketch_precondition"``
         (LSQR needs only products). A dense ``A`` that is not tall and large
-        (:math:`m < 8n` or :math:`mn < 2^{20}`), or with :math:`m < n`, goes to ``"direct"``.
-        Otherwise ``auto`` estimates :math:`\kappa(\bar A)` from the Cholesky factor of the
-        Gram of ``4n`` uniformly sampled rows (cost :math:`O(n^3)`, it does not read all of
-        ``A``): at most :math:`\epsilon^{-1/4}` picks the Cholesky normal equations (on a CPU
-        the cheapest accurate solver of a well-conditioned dense problem: one SYRK), whose
-        own :math:`\hat\kappa(L)` is checked again; a larger estimate, or a rejection by that
-        check, picks ``"sketch_precondition"`` (cheaper than Householder QR of ``A``: a
-        sparse sketch and a few LSQR sweeps instead of :math:`2 m n^2` flops). The choice and
-        the reason are in ``info["method"]`` and ``info["auto_reason"]``.
+        (:math:`m < 8n` or :math:`mn < 2^{20}`) goes to ``"direct"``. Otherwise ``auto``
+        estimates :math:`\kappa(\bar A)` from the Cholesky factor of the Gram of ``4n``
+        uniformly sampled rows (:math:`O(n^3)`; it does not read all of ``A``): at most
+        :math:`\epsilon^{-1/4}` picks the Cholesky normal equations (on a CPU the cheapest
+        accurate solver of a well-conditioned dense problem: one SYRK), whose own
+        :math:`\hat\kappa(L)` is checked again; a larger estimate, or a rejection by that
+        check, picks ``"sketch_precondition"`` (cheaper than Householder QR of ``A``: one
+        sparse sketch and LSQR sweeps instead of :math:`2 m n^2` flops). The choice and its
+        reason are reported in ``info["method"]`` and ``info["auto_reason"]``.
 
     Parameters
     ----------
@@ -192,13 +193,16 @@ def ridge(
             info.update(finfo)
     info["method"] = method
     if method in ("sketch_solve", "sketch_precondition"):
-        pre = _SketchPreconditioner(P, sketch, sketch_size, gen)
-        info.update(sketch=f"{sketch}({sketch_size})", factorization=pre.factorization,
-                    cond=pre.cond)
-        x = pre.x_sketch
+        pre = _sketch_factor(P, sketch, sketch_size, gen)
+        info.update(sketch=f"{sketch}({sketch_size})", factorization="qr_of_sketch"
+                    + pre.truncation, cond=pre.cond)
+        x = pre.apply(pre.y0)
         if method == "sketch_precondition":
             x, kinfo = _krylov(P, pre, solver, tol, maxiter)
             info.update(kinfo)
+    if not bool(P.xp.all(P.xp.isfinite(x))):
+        raise FloatingPointError(f"ridge ({info['method']}): the solution overflowed to NaN/Inf; "
+                                 f"scale A and b or increase lam")
     x = P.finish(x)
     if return_info:
         info["residual"] = P.residual(x)
@@ -307,52 +311,42 @@ def _cholesky(P: _Problem) -> tuple[Any, dict[str, Any]]:
 
 def _qr(P: _Problem) -> tuple[Any, dict[str, Any]]:
     """Householder QR of [A b; sqrt(lam) I 0]: R x = (Q^T [b; 0])_{1:n}."""
-    xp = P.xp
-    n = P.shape[1]
-    X = xp.concat([P.dense(), P.b[:, None]], axis=1)
-    if P.lam > 0:
-        X = xp.concat([X, xp.concat([math.sqrt(P.lam) * P.eye(n), 0 * P.eye(n)[:, :1]],
-                                    axis=1)], axis=0)
-    R = _backend.qr_r(X)
-    return _backend.solve_triangular(R[:n, :n], R[:n, n], lower=False), {
-        "factorization": "qr", "cond": _cond_triangular(xp, R[:n, :n], lower=False)}
+    F = _RightFactor(P, _backend.qr_r(_augment(P, P.dense(), P.b)))
+    return F.apply(F.y0), {"factorization": "qr" + F.truncation, "cond": F.cond}
 
 
-class _SketchPreconditioner:
-    r"""Factorization of the sketched :math:`[S A; \sqrt{\lambda} I]`: the right preconditioner
-    ``N`` (``R^{-1}``, or ``V_r \Sigma_r^{-1}`` when ``R`` is numerically singular) and the
-    sketch-and-solve solution ``x_sketch = N y0``."""
+def _augment(P: _Problem, top: Any, rhs: Any) -> Any:
+    """``[top rhs; sqrt(lam) I 0]`` (the last block only when lam > 0)."""
+    xp, n = P.xp, P.shape[1]
+    X = xp.concat([top, rhs[:, None]], axis=1)
+    if P.lam == 0:
+        return X
+    return xp.concat([X, xp.concat([math.sqrt(P.lam) * P.eye(n), 0 * P.eye(n)[:, :1]], axis=1)],
+                     axis=0)
 
-    def __init__(self, P: _Problem, kind: str, d: int, gen: np.random.Generator) -> None:
-        xp, (m, n) = P.xp, P.shape
-        S = make_sketch(kind, d, m, rng=gen)
-        SA = S @ P.A
-        if P.sparse:
-            SA = xp.asarray(SA, dtype=P.work)
-        Sb = S @ P.b
-        top = xp.concat([SA, Sb[:, None]], axis=1)
-        if P.lam > 0:
-            bottom = xp.concat([math.sqrt(P.lam) * P.eye(n), 0 * P.eye(n)[:, :1]], axis=1)
-            top = xp.concat([top, bottom], axis=0)
-        Rt = _backend.qr_r(top)
-        R, z = Rt[:n, :n], Rt[:n, n]
-        self.cond = _cond_triangular(xp, R, lower=False)
-        if self.cond <= 1 / (n * P.eps):
-            self.factorization = "qr_of_sketch"
-            self.R, self.V = R, None
-            self.y0 = z
-        else:
-            # Numerically singular R: truncated SVD of the sketch (minimum-norm solution).
-            U, s, Vh = xp.linalg.svd(top[:, :n], full_matrices=False)
-            keep = s > n * P.eps * s[0]
-            r = int(xp.sum(xp.astype(keep, xp.int64)))
+
+class _RightFactor:
+    r"""From the R factor of ``[X | c]`` (``X = Q R``, ``z = (Q^T c)_{1:n}``): ``N = R^{-1}``
+    and ``y0 = z``, so that ``N y0`` solves ``min |X x - c|``. When ``R`` is numerically
+    singular (cond estimate > ``1/(n eps)``), the SVD ``R = U \Sigma V^T`` truncated at
+    ``n eps sigma_1`` gives ``N = V_r \Sigma_r^{-1}``, ``y0 = U_r^T z`` and the minimum-norm
+    solution (the singular values of R are those of X)."""
+
+    def __init__(self, P: _Problem, Rt: Any) -> None:
+        xp, n = P.xp, P.shape[1]
+        self.R, z = Rt[:n, :n], Rt[:n, n]
+        self.cond = _cond_triangular(xp, self.R, lower=False)
+        self.V = None
+        self.y0 = z
+        self.truncation = ""
+        if self.cond > 1 / (n * P.eps):
+            U, s, Vh = xp.linalg.svd(self.R)
+            s_host = _backend.to_host(s)
+            r = int(np.sum(s_host > n * P.eps * s_host[0]))
             self.V = Vh[:r, :].T / s[None, :r]  # V_r Sigma_r^{-1}
-            self.R = None
-            rhs = top[:, n]
-            self.y0 = U[:, :r].T @ rhs
-            self.factorization = f"svd_of_sketch (rank {r} of {n})"
-            self.cond = float(s[0] / s[r - 1])
-        self.x_sketch = self.apply(self.y0)
+            self.y0 = U[:, :r].T @ z
+            self.cond = float(s_host[0] / s_host[r - 1])
+            self.truncation = f" + truncated SVD of R (rank {r} of {n})"
 
     def apply(self, y: Any) -> Any:
         """``N y``."""
@@ -367,7 +361,17 @@ class _SketchPreconditioner:
         return _backend.solve_triangular(self.R, z, lower=False, trans=True)
 
 
-def _krylov(P: _Problem, pre: _SketchPreconditioner, solver: str, tol: float | None,
+def _sketch_factor(P: _Problem, kind: str, d: int, gen: np.random.Generator) -> _RightFactor:
+    r"""QR of the sketched ``[S A  S b; sqrt(lam) I 0]``: the right preconditioner, and the
+    sketch-and-solve solution ``N y0``."""
+    S = make_sketch(kind, d, P.shape[0], rng=gen)
+    SA = S @ P.A
+    if P.sparse:
+        SA = P.xp.asarray(SA, dtype=P.work)
+    return _RightFactor(P, _backend.qr_r(_augment(P, SA, S @ P.b)))
+
+
+def _krylov(P: _Problem, pre: _RightFactor, solver: str, tol: float | None,
             maxiter: int | None) -> tuple[Any, dict[str, Any]]:
     """LSQR on [A; sqrt(lam) I] N (or CG on its normal equations) from the sketch solution."""
     xp, (m, n) = P.xp, P.shape
@@ -399,6 +403,7 @@ def _krylov(P: _Problem, pre: _SketchPreconditioner, solver: str, tol: float | N
         runs.append(kinfo)
     return pre.apply(y), {
         "solver": "lsqr", "iterations": sum(k["iterations"] for k in runs),
+        "iterations_per_run": [k["iterations"] for k in runs],
         "converged": runs[-1]["converged"], "restarts": len(runs) - 1,
         "residual_history": np.concatenate([k["residuals"] for k in runs])}
 
