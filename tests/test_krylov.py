@@ -117,6 +117,14 @@ def test_lsqr_x0_and_callables():
     assert info["iterations"] <= 1
 
 
+def test_lsqr_miniter_defers_the_stopping_tests():
+    A, b = ls_problem(1e2)
+    ref = np.linalg.lstsq(A, b, rcond=None)[0]
+    x, info = sl.lsqr(A, b, x0=ref, miniter=5, maxiter=50)
+    assert info["iterations"] >= 5 and info["converged"]
+    assert_close(x, ref, factor=ls_factor(A, b, ref))
+
+
 def test_lsqr_sparse_and_operator():
     A, b = ls_problem(1e2)
     ref = np.linalg.lstsq(A, b, rcond=None)[0]

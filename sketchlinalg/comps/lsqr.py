@@ -25,6 +25,7 @@ def lsqr(
     atol: float | None = None,
     btol: float | None = None,
     maxiter: int | None = None,
+    miniter: int = 0,
     callback: Callable[[Any], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     r"""Solve :math:`\min_x \|A x - b\|_2` by LSQR.
@@ -65,6 +66,11 @@ def lsqr(
         answer).
     maxiter : int, optional
         Iteration cap, default ``2 * n``.
+    miniter : int
+        Iterations run before the tolerance tests apply (default 0). For iterative refinement
+        from an iterate whose residual already sits at rounding level, where the forward
+        error still falls by the contraction factor per step while the residual cannot show
+        it.
     callback : callable, optional
         Called as ``callback(x_k)`` after every iteration.
 
@@ -109,6 +115,7 @@ def lsqr(
     elif x.shape != v.shape:
         raise ValueError(f"shape mismatch: x0 has shape {tuple(x.shape)}, A has {n} columns")
     maxiter = 2 * n if maxiter is None else check_int(maxiter, "maxiter", minimum=0)
+    miniter = check_int(miniter, "miniter", minimum=0)
 
     info: dict[str, Any] = {"iterations": 0, "converged": True, "reason": "exact"}
     residuals, normal_residuals = [beta], []
@@ -161,15 +168,16 @@ def lsqr(
         residuals.append(rnorm)
         normal_residuals.append(arnorm)
         info["iterations"] = k
-        xnorm = _norm(xp, x)
-        if rnorm <= btol * bnorm + atol * anorm * xnorm:
+        if alpha == 0 or beta == 0:  # the Krylov space is exhausted: x is exact
+            info.update(converged=True, reason="exact")
+            break
+        if k < miniter:
+            continue
+        if rnorm <= btol * bnorm + atol * anorm * _norm(xp, x):
             info.update(converged=True, reason="consistent")
             break
         if arnorm <= atol * anorm * rnorm:
             info.update(converged=True, reason="least_squares")
-            break
-        if alpha == 0 or beta == 0:  # the Krylov space is exhausted: x is exact
-            info.update(converged=True, reason="exact")
             break
     info.update(residuals=np.array(residuals), normal_residuals=np.array(normal_residuals),
                 anorm=math.sqrt(anorm2))

@@ -198,7 +198,7 @@ def ridge(
                     + pre.truncation, cond=pre.cond)
         x = pre.apply(pre.y0)
         if method == "sketch_precondition":
-            x, kinfo = _krylov(P, pre, solver, tol, maxiter)
+            x, kinfo = _krylov(P, pre, sketch_size, solver, tol, maxiter)
             info.update(kinfo)
     if not bool(P.xp.all(P.xp.isfinite(x))):
         raise FloatingPointError(f"ridge ({info['method']}): the solution overflowed to NaN/Inf; "
@@ -371,7 +371,7 @@ def _sketch_factor(P: _Problem, kind: str, d: int, gen: np.random.Generator) -> 
     return _RightFactor(P, _backend.qr_r(_augment(P, SA, S @ P.b)))
 
 
-def _krylov(P: _Problem, pre: _RightFactor, solver: str, tol: float | None,
+def _krylov(P: _Problem, pre: _RightFactor, d: int, solver: str, tol: float | None,
             maxiter: int | None) -> tuple[Any, dict[str, Any]]:
     """LSQR on [A; sqrt(lam) I] N (or CG on its normal equations) from the sketch solution."""
     xp, (m, n) = P.xp, P.shape
@@ -397,9 +397,15 @@ def _krylov(P: _Problem, pre: _RightFactor, solver: str, tol: float | None,
     runs = [kinfo]
     if pre.cond > P.eps ** -0.25:
         # Ill-conditioned: restart once from the converged iterate (iterative refinement with
-        # the residual recomputed, Epperly, Meier and Nakatsukasa 2024, "SPIR"); the
-        # warm-started run alone can miss the accuracy of Householder QR by 10x or more.
-        y, kinfo = lsqr((matvec, rmatvec), rhs, x0=y, atol=tol, btol=tol, maxiter=maxiter)
+        # the residual recomputed; Epperly, Meier and Nakatsukasa 2024). The warm start's
+        # forward error exceeds Householder QR's by up to ~ |S| ~ sqrt(m/d) (rounding of S A)
+        # while its residual is already at rounding level, so the restart runs at least the
+        # k steps that contract 10 sqrt(m/d) by the LSRN rate sqrt(n/d): k = log(10 sqrt(m/d))
+        # / log(sqrt(d/n)).
+        k_min = 0 if d == n else math.ceil(math.log(10 * math.sqrt(m / d))
+                                           / math.log(math.sqrt(d / n)))
+        y, kinfo = lsqr((matvec, rmatvec), rhs, x0=y, atol=tol, btol=tol, maxiter=maxiter,
+                        miniter=k_min)
         runs.append(kinfo)
     return pre.apply(y), {
         "solver": "lsqr", "iterations": sum(k["iterations"] for k in runs),

@@ -1,0 +1,98 @@
+"""ridge against numpy.linalg.lstsq, scipy.linalg.lstsq (gelsd, gelsy) and Cholesky normal
+equations on a tall dense least-squares problem (lam = 0), once well-conditioned and once with
+condition number 1e8, both with a consistent right-hand side b = A x_true (solution known).
+
+Prints, per problem, the best-of-repeats time of every solver, its ratio to gelsy and to the
+fastest peer, and the relative error to x_true.
+
+    python benchmarks/bench_ridge.py            # 100000 x 400
+    python benchmarks/bench_ridge.py --quick    # 20000 x 100 smoke size
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import scipy.linalg
+
+import sketchlinalg as sl
+
+
+def best_time(fn, repeats):
+    fn()  # warm-up
+    best, out = np.inf, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def make_problem(m, n, cond, rng):
+    # A = U diag(s) V^T with Haar U, V and log-spaced singular values 1 ... 1/cond.
+    U = scipy.linalg.qr(rng.standard_normal((m, n)), mode="economic", check_finite=False)[0]
+    V = scipy.linalg.qr(rng.standard_normal((n, n)), check_finite=False)[0]
+    A = (U * np.logspace(0, -np.log10(cond), n)) @ V.T
+    x_true = rng.standard_normal(n)
+    return A, A @ x_true, x_true
+
+
+def cholesky_normal_equations(A, b):
+    c = scipy.linalg.cho_factor(A.T @ A, check_finite=False)
+    return scipy.linalg.cho_solve(c, A.T @ b, check_finite=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20000 x 100, one repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    m, n = (20000, 100) if args.quick else (100000, 400)
+    repeats = 1 if args.quick else args.repeats
+    rng = np.random.default_rng(0)
+
+    peers = {
+        "numpy.linalg.lstsq (gelsd)": lambda A, b: np.linalg.lstsq(A, b, rcond=None)[0],
+        "scipy lstsq gelsd": lambda A, b: scipy.linalg.lstsq(
+            A, b, lapack_driver="gelsd", check_finite=False)[0],
+        "scipy lstsq gelsy": lambda A, b: scipy.linalg.lstsq(
+            A, b, lapack_driver="gelsy", check_finite=False)[0],
+        "cholesky normal eq.": cholesky_normal_equations,
+    }
+    ours = {f"ridge {meth}": meth for meth in
+            ("direct", "sketch_solve", "sketch_precondition", "auto")}
+
+    for cond in (1e2, 1e8):
+        A, b, x_true = make_problem(m, n, cond, rng)
+        print(f"\n{m} x {n}, cond(A) = {cond:.0e}, lam = 0, b = A x_true, best of {repeats}")
+        rows = []
+        for name, fn in peers.items():
+            t, x = best_time(lambda fn=fn: fn(A, b), repeats)
+            rows.append((name, t, x, ""))
+        for name, meth in ours.items():
+            t, (x, info) = best_time(
+                lambda meth=meth: sl.ridge(A, b, 0.0, method=meth, rng=1, return_info=True),
+                repeats)
+            detail = info["method"] + ", " + info.get("factorization", "")
+            if "iterations" in info:
+                detail += f", {info['iterations']} it"
+            rows.append((name, t, x, detail))
+        t_gelsy = next(t for name, t, _, _ in rows if name.endswith("gelsy"))
+        t_peer = min(t for name, t, _, _ in rows[: len(peers)])
+        t_ours = min(t for name, t, _, _ in rows if name in ("ridge direct",
+                                                             "ridge sketch_precondition"))
+        print(f"{'solver':28s} {'time [s]':>9s} {'/gelsy':>7s} {'/best peer':>10s} "
+              f"{'rel. error':>10s}  details")
+        for name, t, x, detail in rows:
+            err = np.linalg.norm(x - x_true) / np.linalg.norm(x_true)
+            print(f"{name:28s} {t:9.3f} {t / t_gelsy:7.2f} {t / t_peer:10.2f} {err:10.2e}  "
+                  f"{detail}")
+        t_auto = next(t for name, t, _, _ in rows if name == "ridge auto")
+        print(f"auto / best of ridge's accurate methods (direct, sketch_precondition): "
+              f"{t_auto / t_ours:.2f}")
+
+
+if __name__ == "__main__":
+    main()
