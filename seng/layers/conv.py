@@ -38,14 +38,22 @@ class ConvHelper(WeightBiasHelper):
         return grad_output[None] if grad_output.ndim == self.spatial + 1 else grad_output
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
-        """im2col of ``x``: ``(N, groups, T, C_in/groups * prod(kernel))``."""
+        """im2col of ``x``: ``(N, groups, T, C_in/groups * prod(kernel))`` (a view when no
+        copy is needed)."""
         m = self.module
+        n = x.shape[0]
+        if self.spatial <= 2 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            # F.unfold is the optimized im2col; Conv1d runs as a 1 x L image.
+            one = (1,) if self.spatial == 1 else ()
+            cols = F.unfold(x if self.spatial == 2 else x[:, :, None], one + m.kernel_size,
+                            dilation=one + m.dilation, padding=(0,) * len(one) + m.padding,
+                            stride=one + m.stride)  # (N, C * prod(kernel), T)
+            return cols.reshape(n, self.groups, -1, cols.shape[2]).transpose(2, 3)
+        # Any padding mode, and 3-D: pad, then Tensor.unfold per spatial dim (views).
         mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
         x = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
-        # Tensor.unfold per spatial dim appends one window axis each: a view, no copy yet.
         for d, (k, s, dil) in enumerate(zip(m.kernel_size, m.stride, m.dilation, strict=True)):
             x = x.unfold(2 + d, dil * (k - 1) + 1, s)[..., ::dil]
-        n = x.shape[0]
         sp = self.spatial
         # (N, C, *out, *kernel) -> (N, *out, C, *kernel) -> (N, T, C * prod(kernel)): one copy.
         x = x.permute(0, *range(2, 2 + sp), 1, *range(2 + sp, 2 + 2 * sp))
@@ -64,4 +72,9 @@ class ConvHelper(WeightBiasHelper):
             A.append(self.with_ones(self.patches(x), live))
             G.append((gy.reshape(n, self.groups, gy.shape[1] // self.groups, -1) * scale)
                      .transpose(2, 3))
-        return KroneckerFactors(torch.cat(A, dim=2), torch.cat(G, dim=2))
+        return KroneckerFactors(_cat(A), _cat(G))
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    # Calls are positions of one sample; a single call needs no copy.
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)

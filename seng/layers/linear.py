@@ -31,7 +31,12 @@ class LinearHelper(WeightBiasHelper):
     def per_sample(
         self, calls: list[tuple[torch.Tensor, torch.Tensor]], live: tuple[str, ...], scale: float
     ) -> KroneckerFactors:
-        A = torch.cat([x.reshape(x.shape[0], -1, x.shape[-1]) for x, _ in calls], dim=1)
-        G = torch.cat([gy.reshape(gy.shape[0], -1, gy.shape[-1]) for _, gy in calls], dim=1)
+        # Calls are more positions of the same samples: concatenate along positions.
+        A = _cat([x.reshape(x.shape[0], -1, x.shape[-1]) for x, _ in calls])
+        G = _cat([gy.reshape(gy.shape[0], -1, gy.shape[-1]) for _, gy in calls])
         A = self.with_ones(A, live)
         return KroneckerFactors(A[:, None], (G * scale)[:, None])
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
