@@ -13,7 +13,7 @@ from .preconditioner import Damping, SENGPreconditioner, UpdateFreq
 
 
 class SENG(torch.optim.Optimizer):
-    r"""Sketchy empirical natural gradient descent with momentum (Yang et al. 2022, Alg. 1).
+    r"""Sketchy empirical natural gradient descent with momentum (Yang et al. 2022).
 
     Each step, for every parameter with a gradient ``g``:
 

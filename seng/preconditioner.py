@@ -51,7 +51,7 @@ class SENGPreconditioner:
               \qquad U = \frac{1}{\sqrt{N}} [\nabla l_1, \dots, \nabla l_N],
 
     with ``l_1..l_N`` the per-sample losses of the last curvature batch and ``lambda`` the
-    damping (SENG, Section 3, eq. (3.5): the empirical Fisher ``U U^T`` inverted through
+    damping (SENG, Section 3: the empirical Fisher ``U U^T`` inverted through
     the ``N x N`` Woodbury system). Other trainable parameters get ``g / (1 + lambda)``.
     Use it with any optimizer::
 
