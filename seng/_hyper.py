@@ -9,8 +9,9 @@ import numpy as np
 
 import sketchlinalg as sl
 
-#: Route names accepted for a layer: exact, a cost-model choice, or a sketchlinalg family.
-ROUTE_NAMES = ("exact", "auto", *sl.KINDS)
+#: Route names accepted for a layer: exact, a cost-model choice, a sketchlinalg family, or
+#: the low-rank truncation of per-sample gradients.
+ROUTE_NAMES = ("exact", "auto", *sl.KINDS, "lowrank")
 
 
 def check_damping(damping: Any) -> Any:

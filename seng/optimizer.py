@@ -45,7 +45,8 @@ class SENG(torch.optim.Optimizer):
     **preconditioner_options
         Further keyword arguments of :class:`SENGPreconditioner` (``sketch``,
         ``sketch_size``, ``rng``, ``loss_reduction``, ``curvature_batch``,
-        ``max_update_norm``, ``routes``, ``solve_dtype``).
+        ``max_update_norm``, ``routes``, ``solve_dtype``, ``lowrank_rank``, ``fallback``,
+        ``grad_scaler``).
     """
 
     def __init__(

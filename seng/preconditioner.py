@@ -15,7 +15,8 @@ from sketchlinalg._rng import RNGLike, normalize_rng
 
 from . import _hyper
 from ._capture import Call, Capture, leading
-from .layers import HELPERS, LayerHelper, helper_for
+from .layers import HELPERS, LayerHelper, WeightBiasHelper, helper_for
+from .layers.func import FuncFallbackHelper
 from .routes import ROUTES, Curvature
 from .routes.cost import choose_route
 
@@ -42,8 +43,9 @@ class _Layer:
 class SENGPreconditioner:
     r"""Sketchy empirical natural gradient preconditioner (Yang et al. 2022).
 
-    For every supported layer (``nn.Linear``, ``nn.Conv1d/2d/3d``; weight and bias together
-    as one block; block-diagonal over layers) ``step()`` replaces the gradient ``g`` in
+    For every supported layer (``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.BatchNorm1d/2d/3d``,
+    ``nn.LayerNorm``, ``nn.GroupNorm``, ``nn.Embedding``; weight and bias together as one
+    block; block-diagonal over layers) ``step()`` replaces the gradient ``g`` in
     ``p.grad`` by
 
     .. math:: d = (U U^T + \lambda I)^{-1} g
@@ -52,8 +54,8 @@ class SENGPreconditioner:
 
     with ``l_1..l_N`` the per-sample losses of the last curvature batch and ``lambda`` the
     damping (SENG, Section 3: the empirical Fisher ``U U^T`` inverted through
-    the ``N x N`` Woodbury system). Other trainable parameters get ``g / (1 + lambda)``.
-    Use it with any optimizer::
+    the ``N x N`` Woodbury system). Other trainable parameters get ``g / (1 + lambda)``,
+    or form one more block with ``fallback="torch.func"``. Use it with any optimizer::
 
         opt.zero_grad(); loss.backward(); pre.step(); opt.step()
 
@@ -81,8 +83,9 @@ class SENGPreconditioner:
         ``"countsketch"``, ``"sparse_sign"``, ``"sampling"``): the Gram of a sketch
         ``S U`` of the parameter dimension with ``E[S^T S] = I`` (a Kronecker sketch
         ``S_out (x) S_in`` for linear and convolution weights); ``U^T g`` and ``U alpha`` stay
-        exact. ``"auto"``: a cost model (flops from the captured shapes) picks exact or
-        CountSketch per layer and curvature update; the choice is in :meth:`layer_info`.
+        exact. ``"auto"``: a cost model (flops from the captured shapes) picks exact,
+        CountSketch or low-rank per layer and curvature update (see
+        :func:`seng.routes.cost.choose_route`); the choice is in :meth:`layer_info`.
     sketch_size : int
         Coordinates of a layer block kept by the sketch (``s*s`` for the paper's sample
         size ``s``). Default 16384 (``s = 128``).
@@ -100,11 +103,25 @@ class SENGPreconditioner:
         Scale the preconditioned gradient of all parameters down to this Euclidean norm
         when it is larger.
     routes : dict or None
-        Per-layer route override, keyed by module or module name: ``"exact"``, ``"auto"``
-        or a sketch family.
+        Per-layer route override, keyed by module or module name: ``"exact"``, ``"auto"``,
+        a sketch family, or ``"lowrank"`` (Linear and convolution layers: each per-sample
+        gradient ``G_i^T A_i`` truncated to rank ``lowrank_rank`` by a randomized SVD, see
+        :func:`seng.routes.lowrank.build`).
     solve_dtype : torch.dtype
         dtype of the ``N x N`` Cholesky solve (float64 or float32); factors and products
         use the parameters' dtype (float32 for half precision).
+    lowrank_rank : int
+        Rank ``p`` kept per sample (and group) by the low-rank route. Default 4.
+    fallback : None or "torch.func"
+        ``None``: trainable parameters outside the supported layers get
+        ``g / (1 + damping)``. ``"torch.func"``: they form one more block, named
+        ``"(torch.func)"``, whose per-sample gradients come from ``torch.func`` (``vmap`` of
+        a ``vjp`` of the model on one sample, with the gradient at the model's output
+        recorded by a hook: no loss function is needed). Requirements and cost:
+        :class:`seng.layers.func.FuncFallbackHelper`.
+    grad_scaler : torch.amp.GradScaler or None
+        The scaler of a mixed-precision (fp16) run. The hooks record gradients of the
+        *scaled* loss; they are divided by ``grad_scaler.get_scale()`` on curvature steps.
 
     Notes
     -----
@@ -112,6 +129,20 @@ class SENGPreconditioner:
     (Gram or direction) it keeps the last good curvature. Both are counted
     (:attr:`counters`) and warned about once. Hyperparameters are not part of
     :meth:`state_dict`.
+
+    Mixed precision: under ``torch.autocast`` (bfloat16 or float16) the captured
+    activations and gradients are upcast to float32 and the ``N x N`` systems are solved in
+    ``solve_dtype``. With fp16 and a ``GradScaler``, pass it as ``grad_scaler`` and
+    precondition unscaled gradients, in this order::
+
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)      # p.grad now unscaled; Inf/NaN when the step overflowed
+        pre.step()                # an overflowed layer keeps its gradient and curvature
+        scaler.step(opt)          # skipped by the scaler on overflow
+        scaler.update()
+
+    On an overflowed step the non-finite gradients leave the curvature update out (counted
+    in ``counters["nonfinite_grads"]``) and the last good curvature is kept.
     """
 
     def __init__(
@@ -128,6 +159,9 @@ class SENGPreconditioner:
         max_update_norm: float | None = None,
         routes: Mapping[nn.Module | str, str] | None = None,
         solve_dtype: torch.dtype = torch.float64,
+        lowrank_rank: int = 4,
+        fallback: str | None = None,
+        grad_scaler: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -147,6 +181,15 @@ class SENGPreconditioner:
             raise ValueError(f"Invalid solve_dtype value: {solve_dtype} "
                              "(valid: torch.float32, torch.float64)")
         self.solve_dtype = solve_dtype
+        self.lowrank_rank = _hyper.check_positive_int(lowrank_rank, "lowrank_rank")
+        if fallback not in (None, "torch.func"):
+            raise ValueError(f"Invalid fallback value: {fallback!r} (valid: None, 'torch.func')")
+        self.fallback = fallback
+        if grad_scaler is not None and not (hasattr(grad_scaler, "get_scale")
+                                            and hasattr(grad_scaler, "is_enabled")):
+            raise TypeError(f"grad_scaler must be a torch.amp.GradScaler or None, got "
+                            f"{type(grad_scaler).__name__}")
+        self.grad_scaler = grad_scaler
         self._seed = int(normalize_rng(rng).integers(0, 2**63))
 
         self.model = model
@@ -185,7 +228,16 @@ class SENGPreconditioner:
                       if isinstance(p, nn.Parameter) and owners[id(p)] == 1}
             if params:
                 route = overrides.get(name, overrides.get(id(module), default))
+                if route == "lowrank" and not isinstance(helper, WeightBiasHelper):
+                    raise ValueError(f"Invalid route value for {name}: 'lowrank' applies to "
+                                     f"Linear and convolution layers, not {type(module).__name__}")
                 layers.append(_Layer(len(layers), name, module, helper, params, route))
+        if self.fallback is not None:
+            handled = {id(p) for layer in layers for p in layer.params.values()}
+            rest = {n: p for n, p in model.named_parameters() if id(p) not in handled}
+            if rest:
+                helper = FuncFallbackHelper(model, tuple(rest))
+                layers.append(_Layer(len(layers), "(torch.func)", model, helper, rest, default))
         return layers
 
     @staticmethod
@@ -285,14 +337,16 @@ class SENGPreconditioner:
         n = calls[0].n
         nc = leading(calls[0].payload)
         scale = (n if self.loss_reduction == "mean" else 1.0) / math.sqrt(nc)
+        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+            scale /= float(self.grad_scaler.get_scale())  # hooks saw the scaled loss
         work = [(_cast(c.payload), _cast(c.grad)) for c in calls]
         rep = layer.helper.per_sample(work, live, scale)
         route, costs = layer.route, {}
         if route == "auto":
-            route, costs = choose_route(rep, self.sketch_size)
-        build = ROUTES["exact"] if route == "exact" else ROUTES["sketched"]
+            route, costs = choose_route(rep, self.sketch_size, self.lowrank_rank)
+        build = ROUTES.get(route, ROUTES["sketched"])  # sketch families share one route
         curvature = build(rep, kind=route, size=self.sketch_size, rng=self._rng(k, layer.index + 1),
-                          solve_dtype=self.solve_dtype)
+                          solve_dtype=self.solve_dtype, rank=self.lowrank_rank)
         if not bool(torch.isfinite(curvature.gram).all()):
             self._count("skipped_updates", f"NaN/Inf in the curvature of layer {layer.name!r}: "
                         "update skipped, the last good curvature is kept")

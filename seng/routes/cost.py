@@ -1,4 +1,4 @@
-"""The cost model: which way to build a Gram, and exact versus sketched per layer.
+"""The cost model: which way to build a Gram, and exact, sketched or low-rank per layer.
 
 Costs are counted in flops (a multiply-add is 2) from the shapes of the captured factors,
 plus the bytes of the largest temporary; both are recorded in the layer's report.
@@ -33,15 +33,30 @@ def gram_flops(rep: PerSampleGrads) -> float:
     return costs[choose_gram_method(costs)][0]
 
 
-def choose_route(rep: PerSampleGrads, size: int) -> tuple[str, dict[str, Any]]:
-    """``("exact" | AUTO_KIND, costs)`` for ``sketch="auto"``.
+def choose_route(
+    rep: PerSampleGrads, size: int, rank: int | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``("exact" | AUTO_KIND | "lowrank", costs)`` for ``sketch="auto"``.
 
-    Sketch only where the exact Gram costs more than the layer's own gradient (``2 N p``
-    flops per position: below that it is not worth an estimate) and the sketch saves at
-    least ``1 - SKETCH_SAVING`` of it.
+    Approximate only where the exact Gram costs more than the layer's own gradient (``2 N p``
+    flops per position: below that it is not worth an estimate) and the approximation saves
+    at least ``1 - SKETCH_SAVING`` of it. The approximations are the sketch and, for
+    Kronecker factors (convolutions, tokens) with more positions than ``rank``, the low-rank
+    truncation; when both qualify, the one holding less memory wins, which is the low-rank
+    one (the sketched route keeps the exact factors for ``U^T g`` and ``U alpha``; the
+    low-rank route keeps ``rank`` rows per factor and reports its truncation error).
     """
+    from . import lowrank  # imports this module
+
     exact = gram_flops(rep)
     sketched = rep.sketch_flops(AUTO_KIND, size)
     baseline = rep.apply_flops() / 2
-    route = AUTO_KIND if exact > baseline and sketched < SKETCH_SAVING * exact else "exact"
-    return route, {"exact_flops": exact, "sketched_flops": sketched}
+    costs: dict[str, Any] = {"exact_flops": exact, "sketched_flops": sketched}
+    low = None if rank is None else lowrank.flops(rep, rank)
+    if low is not None:
+        costs["lowrank_flops"] = low
+    if exact <= baseline:
+        return "exact", costs
+    if low is not None and low < SKETCH_SAVING * exact:
+        return "lowrank", costs
+    return (AUTO_KIND if sketched < SKETCH_SAVING * exact else "exact"), costs
