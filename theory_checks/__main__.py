@@ -6,15 +6,16 @@ Exit status 0 when every claim passes, 1 when one fails, 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import importlib.util
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import CHECKS, run_check
 from ._config import BACKENDS, DEVICES, Config
 from ._report import table, write
+from ._threads import NOTE
 
 
 def _only(text: str) -> tuple[str, ...]:
@@ -45,19 +46,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def _blas_threads() -> Iterator[str]:
-    """One BLAS thread: the checks multiply small matrices, where threads only add
-    synchronization (tens of times slower on a busy 2-core machine)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield "BLAS threads: library default (threadpoolctl not installed)"
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield "BLAS threads: 1 (threadpoolctl), for small-matrix speed"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -69,16 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = []
     t0 = time.perf_counter()
-    with _blas_threads() as note:
-        bar = tqdm(args.only, desc="theory checks", file=sys.stderr)
-        for name in bar:
-            bar.set_postfix_str(name)
-            results.append(run_check(name, config))
+    bar = tqdm(args.only, desc="theory checks", file=sys.stderr)
+    for name in bar:
+        bar.set_postfix_str(name)
+        results.append(run_check(name, config))
     seconds = time.perf_counter() - t0
     print(table(results))
     print()
     for r in results:
         print(f"{'PASS' if r.passed else 'FAIL'}  {r.name}: {r.claim} ({r.seconds:.1f} s)")
+    note = NOTE if importlib.util.find_spec("threadpoolctl") else (
+        "CPU threads: library defaults (threadpoolctl is not installed)")
     path = write(args.out, results, config, [note], seconds)
     failed = [r.name for r in results if not r.passed]
     print(f"\n{len(results) - len(failed)} of {len(results)} claims pass in {seconds:.1f} s; "

@@ -29,6 +29,7 @@ from ._config import Config, settings
 from ._plot import figure, progress
 from ._relu_net import ReLUNet, init_weights, ntk_gram, sphere_data
 from ._result import Check, Result
+from ._threads import one_thread
 
 NAME = "fisher"
 CLAIM = "Which Fisher: the empirical-Fisher step on the squared loss, against Gauss-Newton"
@@ -47,6 +48,7 @@ FULL: dict[str, Any] = {
 QUICK: dict[str, Any] = {"n": 6, "width": 1024, "steps": 50}
 
 
+@one_thread()
 def run(config: Config | None = None) -> Result:
     """Run the empirical-Fisher checks; see the module docstring."""
     config = Config() if config is None else config

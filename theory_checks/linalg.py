@@ -30,6 +30,7 @@ from ._arrays import Arrays
 from ._config import Config, settings
 from ._plot import figure, progress
 from ._result import Check, Result
+from ._threads import one_thread
 
 NAME = "linalg"
 CLAIM = "The linear algebra SENG rests on (Woodbury, sketches, rSVD, convolution Gram, "
@@ -75,6 +76,7 @@ QUICK: dict[str, Any] = {
 }
 
 
+@one_thread()
 def run(config: Config | None = None) -> Result:
     """Run the linear-algebra checks; see the module docstring."""
     config = Config() if config is None else config

@@ -32,6 +32,7 @@ from ._config import Config, settings
 from ._plot import figure, progress
 from ._relu_net import ReLUNet, init_weights, ntk_gram, sphere_data
 from ._result import Check, Result
+from ._threads import one_thread
 
 NAME = "ntk"
 CLAIM = "Linear convergence in the NTK regime (two-layer ReLU, squared loss)"
@@ -76,6 +77,7 @@ QUICK: dict[str, Any] = {
 }
 
 
+@one_thread()
 def run(config: Config | None = None) -> Result:
     """Run the NTK checks; see the module docstring and ``docs/theory/ntk.md``."""
     config = Config() if config is None else config
