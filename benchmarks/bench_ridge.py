@@ -69,11 +69,12 @@ def main() -> None:
         print(f"\n{m} x {n}, cond(A) = {cond:.0e}, lam = 0, b = A x_true, best of {repeats}")
         rows = []
         for name, fn in peers.items():
-            t, x = best_time(lambda fn=fn: fn(A, b), repeats)
+            t, x = best_time(lambda fn=fn, A=A, b=b: fn(A, b), repeats)
             rows.append((name, t, x, ""))
         for name, meth in ours.items():
             t, (x, info) = best_time(
-                lambda meth=meth: sl.ridge(A, b, 0.0, method=meth, rng=1, return_info=True),
+                lambda meth=meth, A=A, b=b: sl.ridge(A, b, 0.0, method=meth, rng=1,
+                                                     return_info=True),
                 repeats)
             detail = info["method"] + ", " + info.get("factorization", "")
             if "iterations" in info:
