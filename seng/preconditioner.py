@@ -17,7 +17,7 @@ from . import _hyper
 from ._capture import Call, Capture, leading
 from .layers import HELPERS, LayerHelper, WeightBiasHelper, helper_for
 from .layers.func import FuncFallbackHelper
-from .routes import ROUTES, Curvature
+from .routes import ROUTES, Curvature, PerSampleGrads
 from .routes.cost import choose_route
 
 Damping = float | Callable[[int], float]
@@ -340,7 +340,7 @@ class SENGPreconditioner:
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             scale /= float(self.grad_scaler.get_scale())  # hooks saw the scaled loss
         work = [(_cast(c.payload), _cast(c.grad)) for c in calls]
-        rep = layer.helper.per_sample(work, live, scale)
+        rep = self._gather_samples(layer, layer.helper.per_sample(work, live, scale))
         route, costs = layer.route, {}
         if route == "auto":
             route, costs = choose_route(rep, self.sketch_size, self.lowrank_rank)
@@ -354,6 +354,11 @@ class SENGPreconditioner:
         curvature.info.update(costs, step=k, samples=rep.n)
         layer.curvature, layer.live = curvature, live
         self.counters["curvature_updates"] += 1
+
+    def _gather_samples(self, layer: _Layer, rep: PerSampleGrads) -> PerSampleGrads:
+        """The per-sample gradients of the whole curvature batch: ``rep`` itself here; the
+        data-parallel subclass (:mod:`seng.distributed`) gathers them from every rank."""
+        return rep
 
     def _direction(self, layer: _Layer, block: torch.Tensor, live: tuple[str, ...],
                    damping: float) -> torch.Tensor:
