@@ -39,7 +39,8 @@ def rsvd(
     the spectral and Frobenius norms (HMT 2011, Sec. 9.4), with the expectation bounds of
     :func:`sketchlinalg.range_finder` for the last term, and by Weyl's inequality
     :math:`0 \le \sigma_j - s_j \le \|(I - QQ^T)A\|_2`. Cost: :math:`2q + 2` passes over
-    ``A`` and :math:`2q + 2` QR factorizations of :math:`\ell`-column matrices.
+    ``A``, two Householder QRs of :math:`\ell`-column matrices and :math:`2q` CholeskyQR
+    (or Householder) steps inside the power iteration.
 
     Parameters
     ----------
