@@ -10,7 +10,9 @@ from pathlib import Path
 class Check:
     """One sub-claim: the theory's value, the measurement and the PASS rule.
 
-    ``values`` holds the raw numbers behind the row (used to compare backends).
+    ``values`` holds the raw numbers behind the row (used to compare backends); names
+    starting with ``err_`` are rounding-error measurements, which differ between backends
+    by design.
     """
 
     name: str

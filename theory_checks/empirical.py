@@ -35,7 +35,7 @@ FULL: dict[str, Any] = {
     "batch": 64,
     "seeds": 3,
     # factor-2 grids of equal size; each optimizer's best should lie inside its grid
-    "grids": {"sgd": (0.05, 0.1, 0.2, 0.4), "adam": (0.005, 0.01, 0.02, 0.04),
+    "grids": {"sgd": (0.05, 0.1, 0.2, 0.4), "adam": (0.01, 0.02, 0.04, 0.08),
               "seng": (0.1, 0.2, 0.4, 0.8)},
     "damping": 1.0,
     "update_freq": 1,
@@ -173,7 +173,7 @@ def _train(opt_name: str, lr: float, seed: int, data: dict, p: dict) -> dict:
             except FloatingPointError:  # SENG's solve on a diverged model
                 return _missed(p, curve_e, curve_a, diverged=True)
             seconds += time.perf_counter() - t
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 return _missed(p, curve_e, curve_a, diverged=True)
             step += 1
             if step % eval_every == 0 or b == steps_per_epoch - 1:

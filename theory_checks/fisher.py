@@ -9,7 +9,7 @@ are :math:`\nabla l_i = r_i J_i^T`, so SENG's empirical Fisher is
 
 As :math:`r \to 0` this tends to gradient descent with step :math:`\eta / (n\lambda)`, rate
 :math:`(1 - \eta \lambda_0 / (n\lambda))^2`, not the Gauss-Newton :math:`(1-\eta)^2`; when
-:math:`\eta \lambda_{\max}(G) > n\lambda` the point :math:`r = 0` is unstable and the
+:math:`\eta \lambda_{\max}(G) > 2 n\lambda` the point :math:`r = 0` is unstable and the
 iteration does not converge. ``docs/theory/fisher.md`` has the derivation.
 """
 
@@ -41,9 +41,10 @@ FULL: dict[str, Any] = {
     "d": 10,
     "width": 4096,
     "eta": 0.5,
-    "stable_damping": 1.2,    # n lambda / (eta lambda_max(H-infinity)) of the converging run (> 1)
-    "unstable_damping": 0.2,  # the same ratio for the run predicted not to converge (< 1)
+    "stable_damping": 1.2,    # n lambda / (eta lambda_max(H-infinity)) of the converging run (>= 1)
+    "unstable_damping": 0.2,  # the same ratio for the run predicted not to converge (< 1/2)
     "steps": 80,
+    "fisher_scale": 1.0,      # multiplies the real step's Fisher (1 = SENG's; tests break it)
 }
 QUICK: dict[str, Any] = {"n": 6, "width": 1024, "steps": 50}
 
@@ -68,7 +69,7 @@ def run(config: Config | None = None) -> Result:
     jobs = [("stable", "ef", lams["stable"]), ("unstable", "ef", lams["unstable"]),
             ("gauss-newton", "gn", 1e-3 * eig[0])]
     for name, kind, lam in progress(config, jobs, "fisher"):
-        runs[name] = _trajectory(ar, net, W0, y, eta, lam, p["steps"], kind)
+        runs[name] = _trajectory(ar, net, W0, y, eta, lam, p["steps"], kind, p["fisher_scale"])
     checks = [_closed_form(runs), _stable_rate(runs["stable"], eig, vec, n, eta),
               _unstable(runs["unstable"])]
     figures: list = []
@@ -91,19 +92,19 @@ def run(config: Config | None = None) -> Result:
     details = (
         f"n = {n} points, width m = {p['width']}, η = {eta}; λ0 = {eig[0]:.4f}, "
         f"λ_max(H∞) = {eig[-1]:.4f}. Empirical-Fisher runs with λ = {lams['stable']:.4g} "
-        f"(nλ > ηλ_max: r = 0 stable) and λ = {lams['unstable']:.4g} (nλ < ηλ_max: r = 0 "
+        f"(nλ >= ηλ_max: r = 0 stable) and λ = {lams['unstable']:.4g} (2nλ < ηλ_max: r = 0 "
         "unstable). The direction is computed as SENG computes it, "
         "`sketchlinalg.woodbury_solve(U, g, λ)` with U = J^T D / sqrt(n), g = J^T r / n.\n")
     return Result(NAME, CLAIM, CURVATURE, checks, figures, details, time.perf_counter() - t0)
 
 
 def _trajectory(ar: Arrays, net: ReLUNet, W: Any, y: Any, eta: float, lam: float, steps: int,
-                kind: str) -> dict:
+                kind: str, fisher_scale: float) -> dict:
     """Run the real network; per step record ||r||^2, the residual predicted by the closed
     form, the measured next residual, the flip bound and a rounding allowance."""
     xp = ar.xp
     n = net.n
-    rec: dict[str, list] = {"r2": [], "gap": [], "rinf2": [], "e": [], "mu": []}
+    rec: dict[str, list] = {"r2": [], "gap": [], "rinf2": [], "e": [], "mu": [], "r": []}
     u, A, P = net.forward(W)
     eps = float(np.finfo(np.float64).eps)
     for _ in range(steps):
@@ -111,7 +112,7 @@ def _trajectory(ar: Arrays, net: ReLUNet, W: Any, y: Any, eta: float, lam: float
         J = net.jacobian(A)
         G = J @ J.T
         if kind == "ef":
-            U = J.T * r[None, :] / math.sqrt(n)
+            U = J.T * r[None, :] * math.sqrt(fisher_scale / n)
             dvec = sl.woodbury_solve(U, J.T @ r / n, lam)
             Minv = xp.linalg.inv(r[:, None] ** 2 * xp.eye(n, dtype=r.dtype, device=_dev(r))
                                  + n * lam * xp.linalg.inv(G))
@@ -136,6 +137,7 @@ def _trajectory(ar: Arrays, net: ReLUNet, W: Any, y: Any, eta: float, lam: float
         rec["rinf2"].append(ar.item(xp.max(r * r)))
         rec["e"].append(math.sqrt(ar.item(xp.sum(e * e)) / rec["r2"][-1]))
         rec["mu"].append(float(w[0]))
+        rec["r"].append(ar.host(r))
     out = {k: np.array(v) for k, v in rec.items()}
     out["lam"] = lam
     return out
@@ -156,7 +158,7 @@ def _closed_form(runs: dict) -> Check:
         worst <= 0,
         "at every step of every run, |r⁺_real - r⁺_closed|_i <= flip bound_i + rounding "
         "allowance (10 (p + n κ(G)²) eps max(|r|, |u|))",
-        {"excess": worst},
+        {"err_excess": worst},
     )
 
 
@@ -168,12 +170,10 @@ def _stable_rate(tr: dict, eig: np.ndarray, vec: np.ndarray, n: int, eta: float)
     stop = int(above[-1]) + 1
     start = stop // 2
     fit = _fit.rate(r2[:stop], start)
-    # the effective Gram of the late phase is G / (n lam), as for GD with step eta
-    w = eig / (n * lam)
-    q = float(np.max(np.abs(1 - eta * w[1:])) / (1 - eta * w[0]))
-    # contamination by the faster modes at the window start, bounded from the linear model
-    contamination = q ** (2 * start) * (eig.size - 1)
-    bias = math.log1p(contamination) * _fit.bounded_slope(stop - start)
+    # faster modes (eigenvectors of H-infinity) in the residual at the window start; their
+    # weight only decays, so it moves the fitted slope by at most log(1 + weight) spread out
+    c2 = (vec.T @ tr["r"][start]) ** 2
+    bias = math.log1p(float(np.sum(c2[1:]) / c2[0])) * _fit.bounded_slope(stop - start)
     delta = float(np.max(np.abs(eig[0] - tr["mu"][start:stop])))
     ebar = float(tr["e"][start:stop].max())
     rinf2 = float(tr["rinf2"][start:stop].max())
@@ -187,8 +187,9 @@ def _stable_rate(tr: dict, eig: np.ndarray, vec: np.ndarray, n: int, eta: float)
         f"(1-ηλ0/(nλ))² = {pred:.4f} (Gauss-Newton: {(1 - eta) ** 2:.4f})",
         f"{rate:.4f} in [{math.exp(lo):.4f}, {math.exp(hi):.4f}] (r² {fit.r2:.4f})",
         passed,
-        "over the second half of the run: (1-η(λ0+Δ)/(nλ)-ē)² - mode bias <= factor <= "
-        "(1-η/(max r_i² + nλ/(λ0-Δ))+ē)², Δ = max |λ_min(G_k) - λ0| <= λ0/2",
+        "over the second half of the run: (1-η(λ0+Δ)/(nλ)-ē)² e^(-b) <= factor <= "
+        "(1-η/(max r_i² + nλ/(λ0-Δ))+ē)², Δ = max |λ_min(G_k) - λ0| <= λ0/2, b the slope "
+        "shift the faster modes present at the window start can cause",
         {"rate": rate},
     )
 
@@ -200,7 +201,7 @@ def _unstable(tr: dict) -> Check:
     ci = fit.half_width(0.99)
     passed = fit.slope >= -ci
     return Check(
-        "EF with nλ < ηλ_max(G) does not converge",
+        "EF with 2nλ < ηλ_max(G) does not converge",
         "no linear decay (r = 0 unstable)",
         f"late slope of log||r||² {fit.slope:.2e} ± {ci:.2e}; final/initial "
         f"{r2[-1] / r2[0]:.2e}",

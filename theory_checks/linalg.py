@@ -142,10 +142,10 @@ def _woodbury(ar: Arrays, p: dict, seed: np.random.SeedSequence) -> list[Check]:
         Check("Woodbury identity", f"woodbury_solve = dense solve (λ = {lams})",
               f"max error / tolerance = {worst_w:.2e}", worst_w <= 1,
               "max |x_woodbury - x_dense| <= 2 κ(UU^T+λI) γ_{3p} max|x| (backward-stable solves,"
-              " Higham Thm 7.2), tolerances " + ", ".join(tol_note), {"ratio": worst_w}),
+              " Higham Thm 7.2), tolerances " + ", ".join(tol_note), {"err_ratio": worst_w}),
         Check("regularized least squares", "(g - U argmin(||Uα-g||²+λ||α||²))/λ = dense solve",
               f"max error / tolerance = {worst_l:.2e}", worst_l <= 1,
-              "the same tolerance, with α from the QR of [U; sqrt(λ) I]", {"ratio": worst_l}),
+              "the same tolerance, with α from the QR of [U; sqrt(λ) I]", {"err_ratio": worst_l}),
     ]
 
 
@@ -335,7 +335,7 @@ def _conv(ar: Arrays, p: dict, seed: np.random.SeedSequence) -> Check:
         worst <= 1,
         "entrywise |identity - explicit| <= 2 γ_K Σ|terms| (dot-product rounding bound), "
         "explicit per-sample gradients by scipy.signal.correlate",
-        {"ratio": worst},
+        {"err_ratio": worst},
     )
 
 

@@ -49,7 +49,7 @@ FULL: dict[str, Any] = {
     "eta": 0.5,                    # Gauss-Newton step
     "gn_damping": 1e-3,            # lambda / lambda0 of the "small lambda" Gauss-Newton runs
     "gn_steps": 20,
-    "gd_steps": 240,
+    "gd_steps": 200,
     "gd_mode_tol": 1e-3,           # GD fit window starts when the fast modes are this small
     "bound_width": 4096,           # width of the damped and sketched runs
     "bound_damping": 1.0,          # lambda / lambda0 there
