@@ -1,0 +1,5 @@
+"""``python -m seng.train``."""
+
+from .cli import main
+
+raise SystemExit(main())

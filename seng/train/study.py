@@ -1,0 +1,408 @@
+"""``train``: a study of optimizers x learning rates x seeds, with logs, table and plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from seng import _hyper
+
+from . import report
+from ._files import write_json, write_text
+from .data import DATASETS, Dataset, load_dataset
+from .models import MODELS, build_model
+from .optim import OPTIMIZERS, Schedule
+from .runner import ModelSource, RunSettings, RunSpec, run, warm_up
+
+#: Learning rate of each optimizer when none is given.
+DEFAULT_LR = {"seng": 0.05, "sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+
+#: Named recipes: keyword arguments of :func:`train`.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Yang et al. 2022 (SENG), Section 5 / Table settings for ResNet-18 on CIFAR-10.
+    "cifar10-resnet18": {
+        "model": "resnet18", "data": "cifar10", "optimizers": ("seng",), "lr": 0.05,
+        "batch_size": 256, "epochs": 70, "momentum": 0.9, "weight_decay": 1e-2,
+        "schedule": "poly", "decay_epochs": 70, "power": 6.0, "damping": 2.0,
+        "update_freq": 200, "sketch": "auto", "sketch_size": 256 * 256, "augment": True,
+        "target": 0.93,
+    },
+}
+
+
+@dataclass
+class StudyResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    logs : list of dict
+        One log per run (see :func:`seng.train.runner.run`): ``run``, ``optimizer``,
+        ``lr``, ``seed``, ``status``, ``settings`` and ``epochs`` (one dict per epoch:
+        ``epoch``, ``lr``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
+        ``time`` (cumulative training seconds), ``epoch_time``, ``step_time``,
+        ``eval_time``).
+    summary : list of dict
+        :func:`seng.train.report.summarize` of the logs.
+    best : list of dict
+        The summary row of each optimizer's best learning rate.
+    table : str
+        The Markdown results.
+    out : pathlib.Path or None
+        The output folder.
+    """
+
+    logs: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    best: list[dict[str, Any]]
+    table: str
+    out: Path | None
+
+
+def train(
+    model: str | nn.Module | Callable[[], nn.Module] = "mlp",
+    data: str | Dataset = "digits",
+    *,
+    optimizers: Sequence[str] = OPTIMIZERS,
+    lr: float | Sequence[float] | Mapping[str, float | Sequence[float]] | None = None,
+    seeds: Sequence[int] = (0,),
+    epochs: int = 10,
+    batch_size: int = 64,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+    decay_epochs: float | None = None,
+    power: float = 1.0,
+    step_size: int = 30,
+    gamma: float = 0.1,
+    warmup: float = 0.0,
+    damping: float = 1.0,
+    update_freq: int = 10,
+    sketch: str | None = None,
+    sketch_size: int = 16384,
+    curvature_batch: int | None = None,
+    augment: bool = False,
+    subset: int | None = None,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    target: float = 0.97,
+    device: str | torch.device = "cpu",
+    out: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+) -> StudyResult:
+    r"""Train a model with several optimizers, learning rates and seeds and compare them.
+
+    Every combination of ``optimizers`` x learning rates x ``seeds`` is one run: the model
+    is built (or copied) under ``torch.manual_seed(seed)``, the training set is shuffled
+    each epoch by a generator seeded with ``seed``, and the loss is the mean cross-entropy.
+    Each step sets the learning rate to ``lr * f(epoch, progress)``
+    (:class:`seng.train.optim.Schedule`). After each epoch the test set is evaluated. A run
+    whose training loss turns NaN/Inf stops and is reported as diverged.
+
+    The comparison (:func:`seng.train.report.summarize`) picks, per optimizer, the learning
+    rate with the fewest mean epochs to test accuracy ``>= target`` and reports epochs and
+    training wall-clock (evaluation excluded) to the target, as mean ± std over seeds.
+
+    Parameters
+    ----------
+    model : str, nn.Module or callable
+        ``"mlp"``, ``"cnn"``, ``"resnet8"``, ``"resnet18"`` (:mod:`seng.train.models`); an
+        ``nn.Module`` (deep-copied for each run: every seed starts from its weights); or a
+        function returning a new module (called under each run's seed).
+    data : str or Dataset
+        ``"digits"`` (default), ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``,
+        ``"synthetic"`` (see :func:`seng.train.data.load_dataset`) or a loaded
+        :class:`~seng.train.data.Dataset`.
+    optimizers : sequence of str
+        Among ``"seng"``, ``"sgd"``, ``"adam"``, ``"adamw"``
+        (:func:`seng.train.optim.make_optimizer`).
+    lr : float, sequence of float, or dict
+        One learning rate or a grid for every optimizer, or ``{optimizer: lr or grid}``;
+        optimizers left out get :data:`DEFAULT_LR`. Each must be > 0.
+    seeds : sequence of int
+        One run per seed.
+    epochs, batch_size : int
+        Passes over the training set; samples per step (the last batch may be smaller).
+    momentum, weight_decay : float
+        Heavy-ball momentum (SENG, SGD); weight decay (L2 for SENG, SGD, Adam; decoupled
+        for AdamW).
+    schedule, decay_epochs, power, step_size, gamma, warmup :
+        The learning-rate schedule (:class:`seng.train.optim.Schedule`); ``decay_epochs``
+        defaults to ``epochs``.
+    damping, update_freq, sketch, sketch_size, curvature_batch :
+        SENG's options (:class:`seng.SENGPreconditioner`; ``sketch_size = s*s`` for the
+        paper's sample size ``s``).
+    augment : bool
+        Random crop (padding 4) and horizontal flip of each training batch.
+    subset : int, optional
+        Use at most this many samples of each split (a fixed random subset).
+    data_dir, download :
+        Root folder of local data sets and whether to fetch them (needs torchvision).
+    target : float
+        Test accuracy in (0, 1] that "epochs / wall-clock to target" refer to.
+    device : str or torch.device
+        ``"cpu"`` or a CUDA device; the whole data set is moved there.
+    out : str or pathlib.Path, optional
+        Output folder: ``runs/<run>.json`` (per-epoch log of each run, rewritten after
+        every epoch, ``status`` "complete" only at the end), ``checkpoints/<run>.pt``,
+        ``results.md``, ``results.json`` and ``comparison.png`` (written last, atomically,
+        only when every run has ended). None: nothing is written.
+    checkpoint_every : int
+        Save a checkpoint every this many epochs and at the end of a run (0: never).
+    resume : bool
+        Skip runs whose log is complete with the same settings and continue the others
+        from their checkpoint (bit-identical on CPU).
+    progress : bool
+        Show a tqdm progress bar per run and one line per finished run.
+    threads : int, optional
+        ``torch.set_num_threads(threads)`` for the study (restored afterwards). On a busy
+        machine one thread gives steadier timings for small models. A resumed run is
+        bit-identical only with the same thread count.
+
+    Returns
+    -------
+    StudyResult
+
+    Raises
+    ------
+    ValueError, TypeError
+        A bad argument (before anything is written); FileNotFoundError: missing local data.
+
+    References
+    ----------
+    M. Yang, D. Xu, Z. Wen, M. Chen, P. Xu, "Sketchy empirical natural gradient methods for
+    deep learning", J. Sci. Comput. 92 (2022), arXiv:2006.05924, Section 5 (experiments).
+    """
+    return _prepare(
+        model, data, optimizers=optimizers, lr=lr, seeds=seeds, epochs=epochs,
+        batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, decay_epochs=decay_epochs, power=power, step_size=step_size,
+        gamma=gamma, warmup=warmup, damping=damping, update_freq=update_freq, sketch=sketch,
+        sketch_size=sketch_size, curvature_batch=curvature_batch, augment=augment,
+        subset=subset, data_dir=data_dir, download=download, target=target, device=device,
+        out=out, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+        threads=threads,
+    ).run()
+
+
+@dataclass
+class _Study:
+    """A validated study, ready to run (nothing written yet)."""
+
+    model_name: str
+    model_source: ModelSource
+    dataset: Dataset
+    grid: dict[str, list[float]]
+    seeds: list[int]
+    target: float
+    threads: int | None
+    rs: RunSettings
+
+    def run(self) -> StudyResult:
+        previous = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._run()
+        finally:
+            if self.threads is not None:
+                torch.set_num_threads(previous)
+
+    def _specs(self) -> list[RunSpec]:
+        # Seeds outermost: a change in the machine's load hits every optimizer alike.
+        return [RunSpec(opt, value, seed) for seed in self.seeds
+                for opt, grid in self.grid.items() for value in grid]
+
+    def _run(self) -> StudyResult:
+        rs, settings, out_dir = self.rs, self.rs.settings, self.rs.out
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # Results of an earlier study in this folder would look like this one's.
+            for stale in ("results.md", "results.json", "comparison.png"):
+                (out_dir / stale).unlink(missing_ok=True)
+            if not rs.resume:  # this study's runs start afresh
+                for spec in self._specs():
+                    (out_dir / "runs" / f"{spec.name}.json").unlink(missing_ok=True)
+                    (out_dir / "checkpoints" / f"{spec.name}.pt").unlink(missing_ok=True)
+        warm_up(self.model_source, self.dataset, self.grid, rs)
+        logs = []
+        for spec in self._specs():
+            logs.append(run(spec, self.model_source, self.dataset, rs))
+            if rs.progress:
+                _announce(logs[-1], self.target)
+        target = self.target
+        summary = report.summarize(logs, target)
+        best = report.best_per_optimizer(summary)
+        title = (f"{self.model_name} on {self.dataset.name}, {settings['epochs']} epochs, "
+                 f"batch {settings['batch_size']}")
+        table = report.markdown(summary, target, title)
+        if out_dir is not None:
+            report.plot(logs, summary, target, out_dir / "comparison.png")
+            write_json(out_dir / "results.json", {
+                "target": target, "settings": settings, "threads": torch.get_num_threads(),
+                "summary": summary, "best": best})
+            write_text(out_dir / "results.md", table)
+        return StudyResult(logs, summary, best, table, out_dir)
+
+
+def _prepare(model: Any, data: Any, **kw: Any) -> _Study:
+    """Validate every argument of :func:`train` and load the data; writes nothing."""
+    a = SimpleNamespace(**kw)
+    grid = _lr_grid(a.lr, _names(a.optimizers, OPTIMIZERS, "optimizer"))
+    seeds = _seeds(a.seeds)
+    for name in ("epochs", "batch_size", "step_size"):
+        _int(name, getattr(a, name), 1)
+    _int("checkpoint_every", a.checkpoint_every, 0)
+    for name in ("subset", "threads"):
+        if getattr(a, name) is not None:
+            _int(name, getattr(a, name), 1)
+    for name in ("momentum", "weight_decay"):
+        value = getattr(a, name)
+        if not _hyper._is_real(value) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"Invalid {name}: {value!r} (must be a finite number >= 0)")
+    if a.momentum >= 1:
+        raise ValueError(f"Invalid momentum: {a.momentum!r} (must be in [0, 1))")
+    if not _hyper._is_real(a.target) or not 0 < a.target <= 1:
+        raise ValueError(f"Invalid target: {a.target!r} (a test accuracy in (0, 1])")
+    for name in ("decay_epochs", "power", "gamma", "warmup"):
+        value = getattr(a, name)
+        if value is not None and not _hyper._is_real(value):
+            raise TypeError(f"Invalid {name}: {value!r} (must be a number)")
+    sched = Schedule(a.schedule, float(a.epochs if a.decay_epochs is None else a.decay_epochs),
+                     float(a.power), a.step_size, float(a.gamma), float(a.warmup))
+    seng_options = {
+        "damping": _hyper.check_positive_float(a.damping, "damping"),
+        "update_freq": _hyper.check_positive_int(a.update_freq, "update_freq"),
+        "sketch": _hyper.check_sketch(a.sketch),
+        "sketch_size": _hyper.check_positive_int(a.sketch_size, "sketch_size"),
+        "curvature_batch": _hyper.check_positive_int(a.curvature_batch, "curvature_batch",
+                                                     allow_none=True),
+    }
+    device = _device(a.device)
+    model_name, model_source = _model(model)
+    dataset = _dataset(data, a.data_dir, a.download)
+    if a.subset is not None:
+        dataset = dataset.subset(a.subset)
+    if model_source is None:
+        model_source = _factory(model_name, dataset)
+    settings = json.loads(json.dumps({
+        "model": model_name, "data": dataset.name, "subset": a.subset, "epochs": a.epochs,
+        "batch_size": a.batch_size, "momentum": a.momentum, "weight_decay": a.weight_decay,
+        "schedule": asdict(sched), "seng": seng_options, "augment": bool(a.augment),
+    }))
+    out = None if a.out is None else Path(a.out)
+    rs = RunSettings(settings, sched, seng_options, device, out, a.checkpoint_every,
+                     bool(a.resume), bool(a.progress))
+    return _Study(model_name, model_source, dataset.to(device), grid, seeds, a.target,
+                  a.threads, rs)
+
+
+# -- validation -------------------------------------------------------------------------------
+def _names(values: Any, valid: Sequence[str], what: str) -> list[str]:
+    if isinstance(values, str):
+        values = [values]
+    values = list(values)
+    if not values:
+        raise ValueError(f"Invalid {what}s: none given (valid: {', '.join(valid)})")
+    for v in values:
+        if v not in valid:
+            raise ValueError(f"Invalid {what}: {v!r} (valid: {', '.join(valid)})")
+    return list(dict.fromkeys(values))
+
+
+def _lr_grid(lr: Any, optimizers: Sequence[str]) -> dict[str, list[float]]:
+    if isinstance(lr, Mapping):
+        unknown = set(lr) - set(optimizers)
+        if unknown:
+            raise ValueError(f"Invalid lr keys: {sorted(unknown)} are not among the "
+                             f"optimizers {list(optimizers)}")
+        per = {o: lr.get(o, DEFAULT_LR[o]) for o in optimizers}
+    else:
+        per = {o: DEFAULT_LR[o] if lr is None else lr for o in optimizers}
+    grid = {}
+    for o, values in per.items():
+        values = [values] if _hyper._is_real(values) else list(values)
+        if not values:
+            raise ValueError(f"Invalid learning rate for {o}: an empty grid")
+        for v in values:
+            if not _hyper._is_real(v) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"Invalid learning rate for {o}: {v!r} (must be a finite "
+                                 "number > 0)")
+        grid[o] = [float(v) for v in dict.fromkeys(values)]
+    return grid
+
+
+def _seeds(seeds: Any) -> list[int]:
+    seeds = [seeds] if _hyper._is_int(seeds) else list(seeds)
+    if not seeds or not all(_hyper._is_int(s) and s >= 0 for s in seeds):
+        raise ValueError(f"Invalid seeds: {seeds!r} (a non-empty list of ints >= 0)")
+    return [int(s) for s in dict.fromkeys(seeds)]
+
+
+def _int(name: str, value: Any, low: int) -> None:
+    if not _hyper._is_int(value) or value < low:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an int >= {low})")
+
+
+def _device(device: Any) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"Invalid device: {device!r} (e.g. 'cpu', 'cuda', 'cuda:1')") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Invalid device: {device!r}: CUDA is not available here "
+                         "(use 'cpu')")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"Invalid device: {device!r} (valid: 'cpu', 'cuda[:index]')")
+    return dev
+
+
+def _model(model: Any) -> tuple[str, ModelSource | None]:
+    if isinstance(model, str):
+        if model not in MODELS:
+            raise ValueError(f"Invalid model: {model!r} (valid: {', '.join(MODELS)}, or an "
+                             "nn.Module, or a function returning one)")
+        return model, None
+    if isinstance(model, nn.Module):
+        return type(model).__name__, model
+    if callable(model):
+        return getattr(model, "__name__", type(model).__name__), model
+    raise TypeError(f"model must be a name, an nn.Module or a function returning one, got "
+                    f"{type(model).__name__}")
+
+
+def _dataset(data: Any, data_dir: Any, download: bool) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if not isinstance(data, str) or data not in DATASETS:
+        raise ValueError(f"Invalid data set: {data!r} (valid: {', '.join(DATASETS)}, or a "
+                         "seng.train.data.Dataset)")
+    return load_dataset(data, data_dir, download=download)
+
+
+def _factory(name: str, data: Dataset) -> Callable[[], nn.Module]:
+    def factory() -> nn.Module:
+        return build_model(name, data.input_shape, data.num_classes)
+    return factory
+
+
+def _announce(log: dict[str, Any], target: float) -> None:
+    from tqdm.auto import tqdm
+
+    last = log["epochs"][-1] if log["epochs"] else {"test_acc": float("nan"), "time": 0.0}
+    hit = report.to_target(log, target)
+    reach = (f"{target:g} at epoch {hit[0]} ({hit[1]:.2f} s)" if hit
+             else f"{target:g} not reached")
+    tqdm.write(f"{log['run']:<28} {log['status']:<9} test acc {last['test_acc']:.4f}  "
+               f"{reach}  train {last['time']:.2f} s")
