@@ -175,25 +175,27 @@ def test_rank_deficient_gives_minimum_norm_solution():
         assert_close(x, ref, factor=fac)
 
 
-def test_auto_rule_is_visible_and_sensible():
-    big = 30 * 1024  # m n >= 2^20 with n = 40 and m >= 8 n: auto's sketching regime
-    A, b, _ = problem(1e2, m=big)
+def test_auto_rule_is_visible_and_sensible(monkeypatch):
+    A, b, _ = problem(1e2)  # m n = 80000 < 2^20: direct
+    _, info = sl.ridge(A, b, method="auto", return_info=True)
+    assert info["method"] == "direct" and "not tall and large" in info["auto_reason"]
+    _, info = sl.ridge(scipy.sparse.csr_array(A), b, method="auto", return_info=True)
+    assert info["method"] == "sketch_precondition"
+
+    # The sketching regime (m >= 8 n and m n >= 2^20) at a test-sized problem.
+    monkeypatch.setattr(ridge_module, "AUTO_MIN_SIZE", 1)
     x, info = sl.ridge(A, b, method="auto", return_info=True)
     assert info["method"] == "direct" and info["factorization"] == "cholesky"
     assert "sampled rows" in info["auto_reason"]
     assert_close(x, dense_reference(A, b, 0.0), factor=ls_factor(A, b, 0.0, x))
 
-    A, b, x_true = problem(1e8, m=big, consistent=True)
+    A, b, x_true = problem(1e8, consistent=True)
     x, info = sl.ridge(A, b, method="auto", return_info=True)
     assert info["method"] == "sketch_precondition"
     assert_close(x, x_true, factor=10 * 1e8)
 
-    A, b, _ = problem(1e2)  # small: direct
-    _, info = sl.ridge(A, b, method="auto", return_info=True)
-    assert info["method"] == "direct" and "not tall and large" in info["auto_reason"]
-
-    _, info = sl.ridge(scipy.sparse.csr_array(A), b, method="auto", return_info=True)
-    assert info["method"] == "sketch_precondition"
+    _, info = sl.ridge(A[: 4 * N], b[: 4 * N], method="auto", return_info=True)  # m < 8 n
+    assert info["method"] == "direct"
 
 
 def test_auto_falls_back_when_cholesky_check_rejects(monkeypatch):
