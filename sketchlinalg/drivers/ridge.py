@@ -149,12 +149,18 @@ def ridge(
         in ``A`` or ``b``; ``lam = 0`` with ``m < n``; sketch methods with ``m < n``; a bad
         ``method``, ``sketch``, ``sketch_size``, ``solver``, ``tol`` or ``maxiter``.
     """
-    P = _Problem(A, b, lam)
     _check_choice(method, "method", METHODS)
     _check_choice(sketch, "sketch", tuple(KINDS))
     _check_choice(solver, "solver", SOLVERS)
     if not isinstance(return_info, bool):
         raise TypeError(f"return_info must be a bool, got {type(return_info).__name__}")
+    if tol is not None:
+        tol = check_nonnegative(tol, "tol")
+        if not 0 < tol < 1:
+            raise ValueError(f"tol must be in (0, 1), got {tol}")
+    if maxiter is not None:
+        maxiter = check_int(maxiter, "maxiter", minimum=0)
+    P = _Problem(A, b, lam)
     m, n = P.shape
     if method in ("sketch_solve", "sketch_precondition") and m < n:
         raise ValueError(
@@ -168,18 +174,13 @@ def ridge(
         if not n <= sketch_size <= m:
             raise ValueError(f"sketch_size must satisfy n <= sketch_size <= m ({n} <= d <= {m}),"
                              f" got {sketch_size}")
-    if tol is not None:
-        tol = check_nonnegative(tol, "tol")
-        if not 0 < tol < 1:
-            raise ValueError(f"tol must be in (0, 1), got {tol}")
-    if maxiter is not None:
-        maxiter = check_int(maxiter, "maxiter", minimum=0)
     gen = normalize_rng(rng)
 
     info: dict[str, Any] = {}
     if method == "auto":
         method, info["auto_reason"] = _auto_method(P, gen)
     x = None
+    # "cholesky_or_sketch" is auto's internal pick: Cholesky, unless its own check rejects it.
     if method in ("direct", "cholesky_or_sketch"):
         x, finfo = _cholesky(P)
         if x is None and method == "direct":
@@ -232,7 +233,7 @@ class _Problem:
             raise ValueError(
                 f"lam = 0 with m < n (A of shape {(m, n)}) is underdetermined; pass lam > 0"
             )
-        self.xp, self.shape, self.out_dtype = xb, (m, n), b.dtype
+        self.xp, self.shape = xb, (m, n)
         in_dtype = A.dtype if M.kind == "dense" else M.dtype
         self.out_dtype = xb.result_type(in_dtype, b.dtype)
         self.work = _backend.compute_dtype(xb, self.out_dtype, "b")
