@@ -278,7 +278,7 @@ def _rate_checks(p: dict, data: list, rows: list) -> list[Check]:
         "; ".join(gn_meas), gn_ok,
         "every data set: (1-η-ē)² <= fitted factor <= 1-η, with ē the largest relative "
         "linearization error of a step (exact ReLU flip bound) and 1-η the finite-width rate "
-        "of Zhang, Martens and Grosse (2019, Thm. 4)",
+        "of Zhang, Martens and Grosse (2019)",
         gn_vals,
     )]
     eta_gd = p["eta_gd"]
