@@ -122,14 +122,15 @@ def woodbury_solve(
             f"{p} rows"
         )
     lams = _check_lam(lam)
+    d = 0  # rows of the sketch, when there is one
     if sketch is not None:
         if not isinstance(sketch, str) or sketch not in KINDS:
             raise ValueError(f"sketch must be None or one of {', '.join(KINDS)}, got {sketch!r}")
         if sketch_size is None:
             raise ValueError("sketch_size is required when sketch is given")
-        sketch_size = check_int(sketch_size, "sketch_size", minimum=1)
-        if sketch_size > p:
-            raise ValueError(f"sketch_size must be <= p = {p} (rows of U), got {sketch_size}")
+        d = check_int(sketch_size, "sketch_size", minimum=1)
+        if d > p:
+            raise ValueError(f"sketch_size must be <= p = {p} (rows of U), got {d}")
     elif sketch_size is not None:
         raise ValueError("sketch_size is given but sketch is None; pass a sketch kind too")
 
@@ -151,9 +152,9 @@ def woodbury_solve(
             raise ValueError("U contains NaN or Inf entries (or its Gram U^T U overflows)")
     else:
         check_finite(xp, Ud.data if M.kind == "sparse" else Ud, "U")
-        SU = make_sketch(sketch, sketch_size, p, rng=rng) @ Ud
+        SU = make_sketch(sketch, d, p, rng=rng) @ Ud
         G = SU.T @ SU
-        gram_name = f"{sketch}({sketch_size})"
+        gram_name = f"{sketch}({d})"
     vector = rhs.ndim == 1
     R = rhs[:, None] if vector else rhs  # (p, k)
     H = Ud.T @ R  # (n, k)
