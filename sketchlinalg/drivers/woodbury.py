@@ -169,8 +169,8 @@ def woodbury_solve(
             alpha = _backend.solve_triangular(
                 L, _backend.solve_triangular(L, H, lower=True), lower=True, trans=True
             )
-            d = _backend.to_host(xp.linalg.diagonal(L)).astype(np.float64)
-            info.update(factorization="cholesky", cond=float((d.max() / d.min()) ** 2))
+            diag = _backend.to_host(xp.linalg.diagonal(L)).astype(np.float64)
+            info.update(factorization="cholesky", cond=float((diag.max() / diag.min()) ** 2))
         else:
             warnings.warn(
                 f"woodbury_solve: Cholesky of U^T U + lam I failed (lam={lam0:.3e} is below the "
