@@ -1,0 +1,256 @@
+"""seng.distributed on gloo with 2 CPU processes, spawned by the tests themselves.
+
+Oracles: one process on the concatenated batch (global mode), the dense per-worker
+(block-Jacobi) formula from torch.func per-sample gradients (local mode).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from seng_oracle import block_rows, dense_direction, full_grad, per_sample_grads
+from torch import nn
+
+from helpers import assert_close
+from seng import SENGPreconditioner
+from seng.distributed import DistributedSENGPreconditioner
+
+WORLD = 2
+N_LOCAL = 6
+TIMEOUT_S = 60
+
+
+class Net(nn.Module):
+    def __init__(self, conv: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3) if conv else None
+        self.fc1 = nn.Linear(27 if conv else 5, 7)
+        self.fc2 = nn.Linear(7, 3)
+
+    def forward(self, x):
+        if self.conv is not None:
+            x = self.conv(x).flatten(1)
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def make_model(conv: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return Net(conv).double()
+
+
+def batches(steps: int, conv: bool):
+    """Global batches (x, y) of WORLD * N_LOCAL samples; rank r takes rows r*N..(r+1)*N."""
+    g = torch.Generator().manual_seed(1)
+    shape = (2, 5, 5) if conv else (5,)
+    return [(torch.randn(WORLD * N_LOCAL, *shape, generator=g, dtype=torch.float64),
+             torch.randint(0, 3, (WORLD * N_LOCAL,), generator=g)) for _ in range(steps)]
+
+
+def shard(batch, rank):
+    x, y = batch
+    return x[rank * N_LOCAL:(rank + 1) * N_LOCAL], y[rank * N_LOCAL:(rank + 1) * N_LOCAL]
+
+
+def loss_of(model, x, y, reduction="mean"):
+    return nn.functional.cross_entropy(model(x), y, reduction=reduction)
+
+
+def run_steps(model, pre, opt, data, reduction, corrupt=None):
+    """SGD steps with the preconditioner: ``[(applied, grads, params)]`` per step.
+    ``corrupt(k, model)`` may edit the gradients before ``pre.step()``."""
+    record = []
+    for k, (x, y) in enumerate(data):
+        opt.zero_grad()
+        loss_of(model, x, y, reduction).backward()
+        if corrupt is not None:
+            corrupt(k, model)
+        applied = pre.step()
+        grads = {n: None if p.grad is None else p.grad.clone()
+                 for n, p in model.named_parameters()}
+        if applied is not False:
+            opt.step()
+        record.append((applied, grads,
+                       {n: p.detach().clone() for n, p in model.named_parameters()}))
+    return record
+
+
+# -- workers ---------------------------------------------------------------------------------
+# One pair of processes runs every scenario (process start-up and torch import dominate).
+SCENARIOS = {
+    "global-mlp-exact": dict(mode="global", conv=False, steps=4,
+                             options={"damping": 0.5, "update_freq": 2}),
+    "global-conv-exact": dict(mode="global", conv=True, steps=4,
+                              options={"damping": 0.5, "update_freq": 2}),
+    "global-conv-gaussian-sketch": dict(mode="global", conv=True, steps=4, options={
+        "damping": 0.5, "update_freq": 1, "sketch": "gaussian", "sketch_size": 6}),
+    "global-mlp-sum-loss": dict(mode="global", conv=False, steps=4, options={
+        "damping": 0.5, "update_freq": 1, "loss_reduction": "sum"}),
+    "local-mlp": dict(mode="local", conv=False, steps=2,
+                      options={"damping": 0.5, "update_freq": 1}),
+    "nan-global": dict(mode="global", conv=False, steps=3, nan_step=1,
+                       options={"damping": 0.5, "update_freq": 2}),
+    "nan-local": dict(mode="local", conv=False, steps=3, nan_step=1,
+                      options={"damping": 0.5, "update_freq": 2}),
+    "checkpoint": dict(mode="global", conv=False, steps=5, save_after=3,
+                       options={"damping": 0.5, "update_freq": 2}),
+}
+
+
+def _worker(rank, init, out_dir):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    try:
+        torch.set_num_threads(1)
+        results = {name: _train_rank(rank, os.path.join(out_dir, name), **config)
+                   for name, config in SCENARIOS.items()}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_rank(rank, ckpt, *, mode, conv, steps, options, nan_step=None, save_after=None):
+    model = make_model(conv)
+    pre = DistributedSENGPreconditioner(model, mode=mode, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = [shard(b, rank) for b in batches(steps, conv)]
+    reduction = options.get("loss_reduction", "mean")
+    record = []
+    if save_after is not None:
+        record = run_steps(model, pre, opt, data[:save_after], reduction)
+        if rank == 0:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                        "pre": pre.state_dict()}, ckpt + ".pt")
+        data = data[save_after:]
+
+    def corrupt(k, model):
+        if k == nan_step and rank == 1:
+            model.fc1.weight.grad[0, 0] = float("nan")
+
+    record += run_steps(model, pre, opt, data, reduction, corrupt)
+    return {"record": record, "counters": dict(pre.counters)}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``{scenario: [result of rank 0, result of rank 1]}`` from WORLD gloo processes;
+    fails (never hangs) past the deadline."""
+    out = tmp_path_factory.mktemp("distributed")
+    init = f"file://{out / 'rendezvous'}"
+    ctx = mp.start_processes(_worker, args=(init, str(out)), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 2 * TIMEOUT_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the {WORLD} processes hung for {2 * TIMEOUT_S} s")
+    per_rank = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    results = {name: [r[name] for r in per_rank] for name in SCENARIOS}
+    results["checkpoint-file"] = torch.load(out / "checkpoint.pt", weights_only=False)
+    return results
+
+
+def _one_process(conv, options, data):
+    model = make_model(conv)
+    pre = SENGPreconditioner(model, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return run_steps(model, pre, opt, data, options.get("loss_reduction", "mean"))
+
+
+def _check_same(record, want):
+    # Float64; Grams sum a few hundred products, N = 12 samples, cond(damped Gram) < 1e3,
+    # errors compound over 4 steps: 1e5 eps of the largest entry is far below what a
+    # modelling error (a wrong 1/sqrt(N), reduction factor or sample set) would change.
+    for (applied, grads, params), (_, g_ref, p_ref) in zip(record, want, strict=True):
+        assert applied is True
+        for n in g_ref:
+            assert_close(grads[n], g_ref[n], factor=1e5)
+            assert_close(params[n], p_ref[n], factor=1e5)
+
+
+# -- tests -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if n.startswith("global-")])
+def test_global_equals_one_process_on_concatenated_batch(runs, name):
+    config = SCENARIOS[name]
+    want = _one_process(config["conv"], config["options"],
+                        batches(config["steps"], config["conv"]))
+    for res in runs[name]:
+        _check_same(res["record"], want)
+        assert res["counters"]["curvature_updates"] > 0
+
+
+def test_local_equals_dense_block_jacobi(runs):
+    config = SCENARIOS["local-mlp"]
+    results, damping = runs["local-mlp"], config["options"]["damping"]
+    model = make_model(False)
+    loss = lambda out, y: nn.functional.cross_entropy(out, y)  # noqa: E731
+    blocks = [["fc1.weight", "fc1.bias"], ["fc2.weight", "fc2.bias"]]
+    for k, batch in enumerate(batches(config["steps"], False)):
+        if k > 0:  # the weights the ranks reached after step k - 1
+            model.load_state_dict(results[0]["record"][k - 1][2])
+        want = {}
+        for names in blocks:
+            d = 0
+            for r in range(WORLD):
+                ps = per_sample_grads(model, loss, *shard(batch, r))
+                g = full_grad(ps, "mean")
+                dr, _ = dense_direction(block_rows(ps, names),
+                                        torch.cat([g[n].reshape(-1) for n in names]), damping)
+                d = d + dr / WORLD
+            want.update(dict(zip(names, torch.split(d, [model.get_parameter(n).numel()
+                                                        for n in names]), strict=True)))
+        for res in results:
+            applied, grads, _ = res["record"][k]
+            assert applied is True
+            for n, w in want.items():
+                # per-rank dense solves (cond(K) < 1e3, p = 42 products per Gram entry)
+                assert_close(grads[n].reshape(-1), w, factor=1e4)
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_nan_on_one_rank_skips_everywhere(runs, mode):
+    results = runs[f"nan-{mode}"]
+    for res in results:
+        (a0, _, p0), (a1, g1, p1), (a2, _, _) = res["record"]
+        assert (a0, a1, a2) == (True, False, True)
+        assert all(g is None for g in g1.values())
+        assert all(torch.equal(p1[n], p0[n]) for n in p0)
+        assert res["counters"]["skipped_steps"] == 1
+    for n, p in results[0]["record"][-1][2].items():
+        assert torch.equal(p, results[1]["record"][-1][2][n])
+    if mode == "global":  # a skipped step leaves no trace: as if batch 1 never happened
+        b = batches(3, False)
+        want = _one_process(False, SCENARIOS["nan-global"]["options"], [b[0], b[2]])
+        _check_same([r for r in results[0]["record"] if r[0]], want)
+
+
+def test_checkpoint_from_two_ranks_resumes_on_one(runs):
+    config = SCENARIOS["checkpoint"]
+    ckpt, save_after = runs["checkpoint-file"], config["save_after"]
+    assert ckpt["pre"]["world_size"] == WORLD
+    model = make_model(False)
+    model.load_state_dict(ckpt["model"])
+    pre = DistributedSENGPreconditioner(model, mode="global", **config["options"])  # 1 process
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt.load_state_dict(ckpt["opt"])
+    pre.load_state_dict(ckpt["pre"])
+    # step 3 reuses the curvature gathered at step 2 (in the checkpoint), step 4 refreshes
+    record = run_steps(model, pre, opt, batches(config["steps"], False)[save_after:], "mean")
+    for res in runs["checkpoint"]:
+        _check_same(res["record"][save_after:], record)
+
+
+def test_invalid_arguments():
+    model = make_model(False)
+    with pytest.raises(ValueError, match="mode"):
+        DistributedSENGPreconditioner(model, mode="sync")
+    with pytest.raises(ValueError, match="bucket_cap_mb"):
+        DistributedSENGPreconditioner(model, bucket_cap_mb=0)
+    with pytest.raises(ValueError, match="process_group"):
+        DistributedSENGPreconditioner(model, process_group=object())
