@@ -244,16 +244,17 @@ def _missing(name: str, root: Path, path: Path) -> None:
 
 def _normalized(name: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
                 yte: np.ndarray, num_classes: int) -> Dataset:
-    xtr = torch.as_tensor(np.asarray(xtr, dtype=np.float32))
-    xte = torch.as_tensor(np.asarray(xte, dtype=np.float32))
-    mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
-    std = xtr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    ytr = torch.as_tensor(np.asarray(ytr, dtype=np.int64))
-    yte = torch.as_tensor(np.asarray(yte, dtype=np.int64))
-    for split, labels in (("train", ytr), ("test", yte)):
+    x_train = torch.as_tensor(np.asarray(xtr, dtype=np.float32))
+    x_test = torch.as_tensor(np.asarray(xte, dtype=np.float32))
+    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+    std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    y_train = torch.as_tensor(np.asarray(ytr, dtype=np.int64))
+    y_test = torch.as_tensor(np.asarray(yte, dtype=np.int64))
+    for split, labels in (("train", y_train), ("test", y_test)):
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
             raise ValueError(f"data set {name!r}: {split} labels outside [0, {num_classes})")
-    return Dataset(name, (xtr - mean) / std, ytr, (xte - mean) / std, yte, num_classes)
+    return Dataset(name, (x_train - mean) / std, y_train, (x_test - mean) / std, y_test,
+                   num_classes)
 
 
 def _download(name: str, root: Path) -> None:

@@ -73,21 +73,26 @@ def _key(row: dict[str, Any]) -> tuple[float, ...]:
 def markdown(rows: Sequence[dict[str, Any]], target: float, title: str = "") -> str:
     """The Markdown results: the best learning rate per optimizer, then every
     configuration."""
-    head = ("| optimizer | lr | epochs to {t} | wall-clock to {t} (s) | final test acc | "
-            "best test acc | reached | step (ms) |").format(t=f"{target:g}")
-    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    best = best_per_optimizer(rows)
+    times = [r["time_to_target"][0] for r in best if r["time_to_target"] is not None]
+    fastest = min(times) if times else None
+    head = ("| optimizer | lr | epochs to {t} | wall-clock to {t} (s) | x fastest | "
+            "final test acc | best test acc | reached | step (ms) |").format(t=f"{target:g}")
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 
     def line(r: dict[str, Any]) -> str:
         div = f", {r['diverged']} diverged" if r["diverged"] else ""
+        t = r["time_to_target"]
+        ratio = "—" if t is None or not fastest else f"{t[0] / fastest:.2f}"
         return (f"| {r['optimizer']} | {r['lr']:g} | {_pm(r['epochs_to_target'], 1)} | "
-                f"{_pm(r['time_to_target'], 2)} | {_pm(r['final_acc'], 4)} | "
+                f"{_pm(t, 2)} | {ratio} | {_pm(r['final_acc'], 4)} | "
                 f"{_pm(r['best_acc'], 4)} | {r['reached']}/{r['seeds']}{div} | "
                 f"{1e3 * r['step_time']:.2f} |")
 
-    best = best_per_optimizer(rows)
     out = [f"# {title}", ""] if title else []
     out += [f"Best learning rate per optimizer (fewest mean epochs to test accuracy "
-            f">= {target:g}; mean ± std over seeds; '—' when a seed missed it):", "",
+            f">= {target:g}; mean ± std over seeds; '—' when a seed missed it; "
+            "'x fastest': mean wall-clock to the target over the fastest optimizer's):", "",
             head, rule, *map(line, best), "", "Every configuration:", "", head, rule,
             *map(line, sorted(rows, key=lambda r: (r["optimizer"], r["lr"]))), ""]
     return "\n".join(out)
@@ -115,6 +120,7 @@ def plot(logs: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], target:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     for i, row in enumerate(best_per_optimizer(rows)):
@@ -127,13 +133,15 @@ def plot(logs: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], target:
         epochs = list(range(1, n + 1))
         clock = [statistics.fmean(r["epochs"][k]["time"] for r in runs) for k in range(n)]
         for col, key in enumerate(("train_loss", "test_acc")):
-            series = [[r["epochs"][k][key] for r in runs] for k in range(n)]
+            series = [[_num(r["epochs"][k][key]) for r in runs] for k in range(n)]
             mean = [statistics.fmean(v) for v in series]
             lo, hi = [min(v) for v in series], [max(v) for v in series]
             for ax_row, x in enumerate((epochs, clock)):
                 ax = axes[ax_row][col]
                 ax.plot(x, mean, color=color, label=label, marker="." if n < 40 else None)
                 ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax_row, xlabel in enumerate(("epoch", "training wall-clock (s)")):
         axes[ax_row][0].set_yscale("log")
         axes[ax_row][0].set_ylabel("training loss")
@@ -147,3 +155,8 @@ def plot(logs: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], target:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
+
+
+def _num(x: float | None) -> float:
+    # Non-finite values are stored as null in the JSON logs.
+    return math.nan if x is None else x

@@ -203,8 +203,9 @@ def _instantiate(source: ModelSource) -> nn.Module:
 def _save_checkpoint(path: Path, settings: dict[str, Any], model: nn.Module,
                      optimizer: torch.optim.Optimizer, loader: torch.Generator,
                      state: dict[str, Any], log: dict[str, Any], device: torch.device) -> None:
-    np_state = np.random.get_state()  # noqa: NPY002 (checkpointing the global state)
-    rng = {"torch": torch.get_rng_state(), "loader": loader.get_state(),
+    np_state = np.random.get_state(legacy=True)  # noqa: NPY002 (the global state)
+    assert isinstance(np_state, tuple)  # legacy=True: (name, keys, pos, has_gauss, gauss)
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "loader": loader.get_state(),
            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
                      *np_state[2:]),
            "python": random.getstate()}
