@@ -266,6 +266,7 @@ def sample(M: Matrix, l: int, kind: str, gen: Any) -> Any:
 def basis(M: Matrix, l: int, q: int, kind: str, gen: Any) -> Any:
     """The ``m x l`` orthonormal ``Q`` of :func:`range_finder` (HMT 2011, Algorithm 4.4)."""
     Y = sample(M, l, kind, gen)
+    check_products_finite(M.xp, Y)  # before any factorization sees a NaN
     for _ in range(q):
         Z = intermediate_basis(M.xp, M.rmatmat(intermediate_basis(M.xp, Y)))
         Y = M.matmat(Z)
@@ -280,21 +281,21 @@ def intermediate_basis(xp: Any, Y: Any) -> Any:
     Subspace iteration needs only the span of each intermediate basis, not its exact
     orthogonality, and an error of angle :math:`\delta` in it moves the captured dominant
     subspace by at most about :math:`\delta` (the returned basis is still Householder).
-    CholeskyQR, :math:`Y^T Y = L L^T`, :math:`Z = Y L^{-T}`, costs two GEMMs and
-    :math:`\ell \times \ell` work, against the panel-bound Householder QR of a tall thin
-    matrix. With the inverse formed explicitly its errors are about :math:`\epsilon\,
-    \kappa(Y)` in the span and :math:`\epsilon\, \kappa(Y)^2` in orthogonality, so it is
-    used only when :math:`\kappa(Y) \le 10^{-2} \epsilon^{-1/2}` (orthogonality loss below
-    :math:`10^{-4}`; :math:`\kappa` bounded above by :math:`\|L\|_F \|L^{-1}\|_F`), and
-    Householder QR otherwise (fast-decaying spectra, rank-deficient samples).
+    CholeskyQR, :math:`Y^T Y = L L^T`, :math:`Z = Y L^{-T}`, costs three GEMMs (one to check
+    it) and :math:`\ell \times \ell` work, against the panel-bound Householder QR of a tall
+    thin matrix. With the inverse formed explicitly its errors are about
+    :math:`\epsilon\, \kappa(Y)^2` in orthogonality and :math:`\epsilon\, \kappa(Y)` in the
+    span, so ``Z`` is kept only when its measured loss of orthogonality
+    :math:`\|Z^T Z - I\|_F \le 10^{-4}` (then the span error is below
+    :math:`10^{-2} \sqrt{\epsilon}`); otherwise, for fast-decaying spectra and rank-deficient
+    samples, Householder QR.
     """
     L = _backend.cholesky(Y.T @ Y)
     if L is not None:
         eye = xp.eye(L.shape[0], dtype=L.dtype, **device_kw(L))
-        L_inv = _backend.solve_triangular(L, eye, lower=True)
-        cond = float(xp.linalg.vector_norm(L)) * float(xp.linalg.vector_norm(L_inv))
-        if cond <= 1e-2 / math.sqrt(float(xp.finfo(Y.dtype).eps)):
-            return Y @ L_inv.T
+        Z = Y @ _backend.solve_triangular(L, eye, lower=True).T
+        if float(xp.linalg.vector_norm(Z.T @ Z - eye)) <= 1e-4:
+            return Z
     return _backend.qr(Y)[0]
 
 

@@ -1,0 +1,136 @@
+"""Randomized SVD and Nystrom against the peers a user would reach for, in one run.
+
+rsvd: ``sl.rsvd`` against ``torch.svd_lowrank`` and
+``sklearn.utils.extmath.randomized_svd`` at equal rank (50), oversampling (10) and power
+iterations (2), on a 3000 x 3000 float64 matrix with singular values ``1/j`` (slow decay,
+where power iterations matter). scikit-learn runs twice: its default normalizer (none for
+two iterations) and ``power_iteration_normalizer="QR"``, the re-orthonormalized scheme all
+the others run. nystrom: ``sl.nystrom`` and ``sl.eigh_randomized`` against
+``scipy.sparse.linalg.eigsh`` (Lanczos, converged) at the same rank on the PSD matrix with
+eigenvalues ``1/j``.
+
+Errors are ``||A - A_hat||_2 / sigma_{k+1}`` (1 is optimal) and the Frobenius analogue
+``||A - A_hat||_F / (sum_{j>k} sigma_j^2)^{1/2}``. Times are the best of several repeats
+after a warm-up; each timed call is preceded by a short sleep so that the idle OpenMP/BLAS
+threads of the previous library (torch's spin-wait) do not steal the cores from the next
+one. Run ``python benchmarks/bench_rsvd.py`` (``--quick`` for a small smoke size,
+``--device cuda`` to run the torch rows, ours and torch's, on the GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse.linalg
+
+import sketchlinalg as sl
+from sketchlinalg._backend import to_host
+
+
+def best_times(fns: dict[str, Callable[[], object]], repeats: int,
+               sync: Callable[[], None]) -> dict[str, float]:
+    """Best wall time of each function, timed round-robin so that all of them see the same
+    machine load; one warm-up call each, and a short sleep before every timed call."""
+    for fn in fns.values():
+        fn()
+        sync()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def matrices(n: int, s: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    U, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return (U * s) @ V.T, (V * s) @ V.T
+
+
+def errors(A: np.ndarray, L: np.ndarray, R: np.ndarray, s: np.ndarray, k: int) -> tuple[float, ...]:
+    """Spectral and Frobenius error of ``A - L @ R`` relative to the optimal rank-k error."""
+    E = A - L @ R
+    spec = scipy.sparse.linalg.svds(E, k=1, return_singular_vectors=False, rng=0)[0]
+    return spec / s[k], np.linalg.norm(E) / np.sqrt(np.sum(s[k:] ** 2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small smoke size")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="device of the torch rows")
+    args = ap.parse_args()
+    n, k, p, q = (600, 20, 10, 2) if args.quick else (3000, 50, 10, 2)
+    repeats = 2 if args.quick else 5
+
+    import torch
+    from sklearn.utils.extmath import randomized_svd
+
+    rng = np.random.default_rng(0)
+    s = 1.0 / np.arange(1, n + 1)
+    A, A_psd = matrices(n, s, rng)
+    dev = torch.device(args.device)
+    At = torch.as_tensor(A, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def svd_lr(r: tuple) -> tuple:
+        U, S, Vh = (to_host(x) for x in r)
+        return U[:, :k] * S[:k], Vh[:k]
+
+    def eig_lr(r: tuple) -> tuple:
+        U, lam = (to_host(x) for x in r)
+        return U * lam, U.T
+
+    def eigh_lr(r: tuple) -> tuple:
+        w, V = (to_host(x) for x in r)
+        return V * w, V.T
+
+    # name -> (table, function, factors to a low-rank product, the matrix it approximates)
+    methods: dict[str, tuple[str, Callable[[], tuple], Callable[[tuple], tuple], np.ndarray]] = {
+        "sl.rsvd (numpy)": ("rsvd", lambda: sl.rsvd(A, k, p, q, rng=1), svd_lr, A),
+        "sklearn randomized_svd (default: no normalizer)": (
+            "rsvd", lambda: randomized_svd(A, k, n_oversamples=p, n_iter=q, random_state=1),
+            svd_lr, A),
+        "sklearn randomized_svd (QR normalizer)": (
+            "rsvd", lambda: randomized_svd(A, k, n_oversamples=p, n_iter=q, random_state=1,
+                                           power_iteration_normalizer="QR"), svd_lr, A),
+        f"sl.rsvd (torch {dev.type})": ("rsvd", lambda: sl.rsvd(At, k, p, q, rng=1), svd_lr, A),
+        f"torch.svd_lowrank ({dev.type})": (
+            "rsvd", lambda: torch.svd_lowrank(At, q=k + p, niter=q),
+            lambda r: svd_lr((r[0], r[1], r[2].mT)), A),
+        "sl.nystrom (numpy)": ("nystrom", lambda: sl.nystrom(A_psd, k, p, rng=1), eig_lr, A_psd),
+        "sl.eigh_randomized (numpy, q=2)": (
+            "nystrom", lambda: sl.eigh_randomized(A_psd, k, p, q, rng=1), eigh_lr, A_psd),
+        "scipy eigsh (Lanczos)": (
+            "nystrom", lambda: scipy.sparse.linalg.eigsh(A_psd, k=k, rng=0), eigh_lr, A_psd),
+    }
+    load_before = os.getloadavg()[0]
+    times = best_times({name: m[1] for name, m in methods.items()}, repeats, sync)
+    load_after = os.getloadavg()[0]
+    errs = {name: errors(M, *to_lr(fn()), s, k) for name, (_, fn, to_lr, M) in methods.items()}
+
+    print(f"n = {n}, rank {k}, oversample {p}, power iterations {q}, float64, sigma_j = 1/j; "
+          f"best of {repeats}; torch threads {torch.get_num_threads()}; "
+          f"load average {load_before:.1f} before, {load_after:.1f} after")
+    for table, ref in (("rsvd", "sl.rsvd (numpy)"), ("nystrom", "sl.nystrom (numpy)")):
+        print(f"\n{'method':50s} {'time [s]':>9s} {'ours/this':>9s} {'err2/opt':>9s} "
+              f"{'errF/opt':>9s}")
+        for name, (t_name, *_) in methods.items():
+            if t_name == table:
+                print(f"{name:50s} {times[name]:9.4f} {times[ref] / times[name]:9.2f} "
+                      f"{errs[name][0]:9.4f} {errs[name][1]:9.4f}")
+    ours, peer = f"sl.rsvd (torch {dev.type})", f"torch.svd_lowrank ({dev.type})"
+    print(f"\nsl.rsvd on torch tensors / torch.svd_lowrank on the same tensors: "
+          f"{times[ours] / times[peer]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
