@@ -20,14 +20,17 @@ import scipy.linalg
 import sketchlinalg as sl
 
 
-def best_time(fn, repeats):
-    fn()  # warm-up
-    best, out = np.inf, None
+def best_times(fns, repeats):
+    """Best-of-``repeats`` time and the last output of each function, after a warm-up call;
+    the repeats run in interleaved rounds so that load changes hit every solver alike."""
+    outs = {name: fn() for name, fn in fns.items()}
+    best = dict.fromkeys(fns, np.inf)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, outs
 
 
 def make_problem(m, n, cond, rng):
@@ -66,20 +69,22 @@ def main() -> None:
 
     for cond in (1e2, 1e8):
         A, b, x_true = make_problem(m, n, cond, rng)
-        print(f"\n{m} x {n}, cond(A) = {cond:.0e}, lam = 0, b = A x_true, best of {repeats}")
+        print(f"\n{m} x {n}, cond(A) = {cond:.0e}, lam = 0, b = A x_true, best of {repeats} "
+              f"interleaved rounds")
+        fns = {name: (lambda fn=fn, A=A, b=b: fn(A, b)) for name, fn in peers.items()}
+        fns.update({name: (lambda meth=meth, A=A, b=b: sl.ridge(A, b, 0.0, method=meth, rng=1,
+                                                                return_info=True))
+                    for name, meth in ours.items()})
+        times, outs = best_times(fns, repeats)
         rows = []
-        for name, fn in peers.items():
-            t, x = best_time(lambda fn=fn, A=A, b=b: fn(A, b), repeats)
-            rows.append((name, t, x, ""))
-        for name, meth in ours.items():
-            t, (x, info) = best_time(
-                lambda meth=meth, A=A, b=b: sl.ridge(A, b, 0.0, method=meth, rng=1,
-                                                     return_info=True),
-                repeats)
-            detail = info["method"] + ", " + info.get("factorization", "")
-            if "iterations" in info:
-                detail += f", {info['iterations']} it"
-            rows.append((name, t, x, detail))
+        for name in fns:
+            x, detail = outs[name], ""
+            if name in ours:
+                x, info = x
+                detail = info["method"] + ", " + info.get("factorization", "")
+                if "iterations" in info:
+                    detail += f", {info['iterations']} it"
+            rows.append((name, times[name], x, detail))
         t_gelsy = next(t for name, t, _, _ in rows if name.endswith("gelsy"))
         t_peer = min(t for name, t, _, _ in rows[: len(peers)])
         t_ours = min(t for name, t, _, _ in rows if name in ("ridge direct",
