@@ -161,4 +161,6 @@ def test_unknown_parameter_and_check_names_are_rejected():
         run_check("nosuch")
     with pytest.raises(TypeError, match="params must be a mapping"):
         Config(params=[("n", 3)])
+    with pytest.raises(TypeError, match=r"config must be a theory_checks\.Config, got dict"):
+        run_check("fisher", {"quick": True})
 

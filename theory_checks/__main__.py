@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import CHECKS, run_check
+from ._arrays import Arrays
 from ._config import BACKENDS, DEVICES, Config
 from ._report import table, write
 from ._threads import NOTE
@@ -51,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = Config(backend=args.backend, device=args.device, quick=args.quick,
                         seed=args.seed, out=args.out, progress=True)
-    except ValueError as exc:
+        Arrays(config)  # the backend and device exist (imports torch or cupy if asked)
+    except (ValueError, ImportError) as exc:
         parser().error(str(exc))
     from tqdm.auto import tqdm
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from sketchlinalg import _backend
@@ -24,14 +25,19 @@ class Arrays:
         if config.backend == "numpy":
             like: Any = np.zeros(0)
         elif config.backend == "torch":
-            import torch
+            try:
+                import torch
+            except ImportError:
+                raise ValueError("backend 'torch' requested but torch is not installed") from None
 
             if config.device == "cuda" and not torch.cuda.is_available():
                 raise ValueError("device 'cuda' requested but torch sees no CUDA device")
             like = torch.zeros(0, dtype=torch.float64, device=config.device)
         else:
-            import cupy
-
+            try:
+                import cupy
+            except ImportError:
+                raise ValueError("backend 'cupy' requested but CuPy is not installed") from None
             like = cupy.zeros(0)
         self.like = like
         self.xp = _backend.namespace(like)
@@ -50,3 +56,13 @@ class Arrays:
     def item(x: Any) -> float:
         """A Python float from a 0-d array of any backend."""
         return float(_backend.to_host(x))
+
+
+def eye_like(x: Any, n: int) -> Any:
+    """The ``n x n`` identity in the namespace, dtype and device of ``x``."""
+    return _backend.namespace(x).eye(n, dtype=x.dtype, device=array_api_compat.device(x))
+
+
+def zeros_like_vector(x: Any, n: int) -> Any:
+    """A zero vector of length ``n`` in the namespace, dtype and device of ``x``."""
+    return _backend.namespace(x).zeros(n, dtype=x.dtype, device=array_api_compat.device(x))

@@ -64,6 +64,8 @@ class Config:
 def settings(config: Config, full: Mapping[str, Any], quick: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters of one check: ``full`` (or ``full`` updated by ``quick`` when
     ``config.quick``), then ``config.params``. Unknown override names are rejected."""
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a theory_checks.Config, got {type(config).__name__}")
     unknown = sorted(set(config.params) - set(full))
     if unknown:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(full)}")

@@ -9,9 +9,6 @@ from pathlib import Path
 from ._config import Config
 from ._result import Result
 
-PAGES = {"ntk": "ntk", "stationary": "stationary", "fisher": "fisher", "linalg": "linalg",
-         "empirical": "empirical"}
-
 
 def table(results: Sequence[Result]) -> str:
     """One row per sub-claim: claim number and name, check, result, predicted, measured."""
@@ -58,7 +55,7 @@ def write(out: Path, results: Sequence[Result], config: Config, header: Sequence
             "",
             f"Curvature (which Fisher): {r.curvature}.",
             "",
-            f"Theory and rules: `docs/theory/{PAGES[r.name]}.md`.",
+            f"Theory and rules: `docs/theory/{r.name}.md`.",
             "",
             r.details.strip(),
             "",

@@ -24,7 +24,7 @@ import numpy as np
 import sketchlinalg as sl
 
 from . import _fit
-from ._arrays import Arrays
+from ._arrays import Arrays, eye_like
 from ._config import Config, settings
 from ._plot import figure, progress
 from ._relu_net import ReLUNet, init_weights, ntk_gram, sphere_data
@@ -114,11 +114,10 @@ def _trajectory(ar: Arrays, net: ReLUNet, W: Any, y: Any, eta: float, lam: float
         if kind == "ef":
             U = J.T * r[None, :] * math.sqrt(fisher_scale / n)
             dvec = sl.woodbury_solve(U, J.T @ r / n, lam)
-            Minv = xp.linalg.inv(r[:, None] ** 2 * xp.eye(n, dtype=r.dtype, device=_dev(r))
-                                 + n * lam * xp.linalg.inv(G))
+            Minv = xp.linalg.inv(r[:, None] ** 2 * eye_like(r, n) + n * lam * xp.linalg.inv(G))
             closed = r - eta * (Minv @ r)
         else:
-            eye = xp.eye(n, dtype=r.dtype, device=_dev(r))
+            eye = eye_like(r, n)
             dvec = J.T @ xp.linalg.solve(G + lam * eye, r)
             closed = r - eta * (G @ xp.linalg.solve(G + lam * eye, r))
         dW = -eta * xp.reshape(dvec, W.shape)
@@ -141,12 +140,6 @@ def _trajectory(ar: Arrays, net: ReLUNet, W: Any, y: Any, eta: float, lam: float
     out = {k: np.array(v) for k, v in rec.items()}
     out["lam"] = lam
     return out
-
-
-def _dev(x: Any) -> Any:
-    import array_api_compat
-
-    return array_api_compat.device(x)
 
 
 def _closed_form(runs: dict) -> Check:

@@ -26,7 +26,7 @@ import sketchlinalg as sl
 from sketchlinalg import _backend
 
 from . import _fit
-from ._arrays import Arrays
+from ._arrays import Arrays, eye_like, zeros_like_vector
 from ._config import Config, settings
 from ._plot import figure, progress
 from ._result import Check, Result
@@ -122,12 +122,12 @@ def _woodbury(ar: Arrays, p: dict, seed: np.random.SeedSequence) -> list[Check]:
     for rel in p["wood_lams"]:
         lam = rel  # ||U||_2 = 1
         x_wood = sl.woodbury_solve(U, g, lam)
-        dense = U @ U.T + lam * xp.eye(P, dtype=U.dtype, device=_dev(U))
+        dense = U @ U.T + lam * eye_like(U, P)
         x_dense = xp.linalg.solve(dense, g)
         # regularized least squares through QR of [U; sqrt(lam) I]
-        aug = xp.concat([U, math.sqrt(lam) * xp.eye(n, dtype=U.dtype, device=_dev(U))])
+        aug = xp.concat([U, math.sqrt(lam) * eye_like(U, n)])
         Q, R = _backend.qr(aug)
-        rhs = Q.T @ xp.concat([g, xp.zeros(n, dtype=g.dtype, device=_dev(g))])
+        rhs = Q.T @ xp.concat([g, zeros_like_vector(g, n)])
         alpha = _backend.solve_triangular(R, rhs, lower=False)
         x_lsq = (g - U @ alpha) / lam
         kappa = (1.0 + lam) / lam  # cond(UU^T + lam I) on R^P (sigma_max = 1)
@@ -151,12 +151,6 @@ def _woodbury(ar: Arrays, p: dict, seed: np.random.SeedSequence) -> list[Check]:
 
 def _gamma(k: int) -> float:
     return k * EPS / (1 - k * EPS)
-
-
-def _dev(x: Any) -> Any:
-    import array_api_compat
-
-    return array_api_compat.device(x)
 
 
 # -- sketch distortion ------------------------------------------------------------------------
@@ -183,7 +177,7 @@ def _distortion(ar: Arrays, p: dict, seed: np.random.SeedSequence, config: Confi
     Uh, _ = np.linalg.qr(rng.standard_normal((m, n)))
     U = ar.asarray(Uh)
     sizes = np.array(p["sketch_sizes"])
-    eye = xp.eye(n, dtype=U.dtype, device=_dev(U))
+    eye = eye_like(U, n)
     out = []
     curves = {}
     for kind in p["sketch_kinds"]:

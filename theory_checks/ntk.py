@@ -27,7 +27,7 @@ import sketchlinalg as sl
 from sketchlinalg import _backend
 
 from . import _fit
-from ._arrays import Arrays
+from ._arrays import Arrays, eye_like
 from ._config import Config, settings
 from ._plot import figure, progress
 from ._relu_net import ReLUNet, init_weights, ntk_gram, sphere_data
@@ -194,7 +194,7 @@ def _trajectory(net: ReLUNet, W: Any, y: Any, eta: float, steps: int, direction:
     return out
 
 
-def _solve_psd(xp: Any, M: Any, r: Any) -> Any:
+def _solve_psd(M: Any, r: Any) -> Any:
     L = _backend.cholesky(M)
     if L is None:
         raise FloatingPointError("Cholesky of the damped Gram failed")
@@ -202,21 +202,14 @@ def _solve_psd(xp: Any, M: Any, r: Any) -> Any:
                                      lower=True, trans=True)
 
 
-def _gn(xp: Any, lam: float) -> Any:
+def _gn(lam: float) -> Any:
     def direction(k: int, r: Any, A: Any, H: Any) -> tuple[Any, dict]:
-        eye = xp.eye(H.shape[0], dtype=H.dtype, device=_device(H))
-        return _solve_psd(xp, H + lam * eye, r), {}
+        return _solve_psd(H + lam * eye_like(H, H.shape[0]), r), {}
     return direction
 
 
 def _gd(k: int, r: Any, A: Any, H: Any) -> tuple[Any, dict]:
     return r, {}
-
-
-def _device(x: Any) -> Any:
-    import array_api_compat
-
-    return array_api_compat.device(x)
 
 
 def _network(ar: Arrays, p: dict, ds: dict, m: int, seed: np.random.SeedSequence
@@ -231,7 +224,7 @@ def _rate_runs(ar: Arrays, p: dict, ds: dict, seed: np.random.SeedSequence) -> d
     net, W0, y = _network(ar, p, ds, p["width"], seed.spawn(1)[0])
     lam0 = float(ds["eig"][0])
     Hinf = ar.asarray(ds["Hinf"])
-    gn = _trajectory(net, W0, y, p["eta"], p["gn_steps"], _gn(ar.xp, p["gn_damping"] * lam0))
+    gn = _trajectory(net, W0, y, p["eta"], p["gn_steps"], _gn(p["gn_damping"] * lam0))
     eta_gd = p["eta_gd"]
     gd = _trajectory(net, W0, y, eta_gd, p["gd_steps"], _gd, Hinf)
     r0 = ar.host(net.forward(W0)[0] - y)
@@ -335,8 +328,7 @@ def _sketched(ar: Arrays, net: ReLUNet, lam: float, kind: str, size: int, scale:
                                       lower=True)
         w = ar.host(xp.linalg.eigvalsh((M + M.T) / 2))
         eps = float(np.max(np.abs(w - 1.0)))
-        eye = xp.eye(H.shape[0], dtype=H.dtype, device=_device(H))
-        return _solve_psd(xp, Ht + lam * eye, r), {"eps": eps}
+        return _solve_psd(Ht + lam * eye_like(H, H.shape[0]), r), {"eps": eps}
     return direction
 
 
@@ -346,7 +338,7 @@ def _bound_checks(ar: Arrays, p: dict, ds: dict, run_seed: np.random.SeedSequenc
     net, W0, y = _network(ar, p, ds, p["bound_width"], run_seed.spawn(1)[0])
     lam = p["bound_damping"] * float(ds["eig"][0])
     eta = p["eta"]
-    runs = {"damped": _trajectory(net, W0, y, eta, p["bound_steps"], _gn(ar.xp, lam))}
+    runs = {"damped": _trajectory(net, W0, y, eta, p["bound_steps"], _gn(lam))}
     for kind in p["sketches"]:
         runs[kind] = _trajectory(net, W0, y, eta, p["bound_steps"],
                                  _sketched(ar, net, lam, kind, p["sketch_size"],
@@ -415,7 +407,7 @@ def _drift(ar: Arrays, p: dict, ds: dict, seed: np.random.SeedSequence, config: 
     for m in widths:
         for s in seed.spawn(p["drift_seeds"]):
             net, W0, y = _network(ar, p, ds, int(m), s)
-            tr = _trajectory(net, W0, y, p["eta"], p["gn_steps"], _gn(xp, lam))
+            tr = _trajectory(net, W0, y, p["eta"], p["gn_steps"], _gn(lam))
             _, A0, P0 = net.forward(W0)
             _, A1, P1 = net.forward(tr["W"])
             D = net.gram(A1) - net.gram(A0)
