@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import sketchlinalg as sl
+
 from ._capture import leading
 from .preconditioner import Damping, SENGPreconditioner, UpdateFreq, _Layer
 from .routes.persample import REPRESENTATIONS, PerSampleGrads
@@ -247,10 +249,12 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         r"""All-gather the per-sample gradients of ``layer`` (global mode).
 
         Rank ``r``'s factors were scaled by ``1/\sqrt{n_r}``; they are rescaled by
-        ``\sqrt{n_r / N}`` so that the gathered ``U`` has the global ``1/\sqrt{N}``. The
-        exact route gathers the compact form (the fewer bytes of factors and dense per-sample
-        gradients); other routes gather the factors they start from, so that sketches and
-        truncations act on exactly what one process would hold.
+        ``\sqrt{n_r / N}`` so that the gathered ``U`` has the global ``1/\sqrt{N}``. What is
+        gathered is what the route keeps: the exact route, the compact form (the fewer bytes
+        of factors and dense per-sample gradients); a sketch route, the compact form of each
+        rank's sketch ``S U_r`` (``S`` is the same on every rank: the seed is shared) for the
+        Gram and the compact exact form for ``U^T g`` and ``U alpha``; ``"auto"`` and
+        ``"lowrank"``, the factors themselves (their decisions and truncations need them).
         """
         if self.mode == "local" or self.world == 1:
             return rep
@@ -262,8 +266,11 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         key = "G" if "G" in state else "rows"
         state[key] = state[key] * math.sqrt(rep.n / sum(sizes))
         rep = REPRESENTATIONS[rep.kind].from_state(state, self._device)
-        if layer.route == "exact":
-            rep = rep.compact()
+        if layer.route in sl.KINDS:
+            return _GatheredSketch(self, rep, sizes)
+        return self._gather_rep(rep.compact() if layer.route == "exact" else rep, sizes)
+
+    def _gather_rep(self, rep: PerSampleGrads, sizes: list[int]) -> PerSampleGrads:
         state = rep.state_dict()
         for name, t in rep.tensors().items():
             state[name] = self._all_gather_rows(t, sizes)
@@ -352,3 +359,21 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         counters = dict(base.get("counters", {}))
         counters.setdefault("skipped_steps", 0)
         super().load_state_dict({**base, "counters": counters})
+
+
+class _GatheredSketch(PerSampleGrads):
+    """The global batch as the sketched route sees it: :meth:`sketch` gathers every rank's
+    sketch, :meth:`compact` every rank's exact compact form (two all-gathers per tensor)."""
+
+    def __init__(self, owner: DistributedSENGPreconditioner, local: PerSampleGrads,
+                 sizes: list[int]) -> None:
+        self.owner, self.local, self.sizes = owner, local, sizes
+        self.kind = local.kind
+        self.n = sum(sizes)
+        self.block_shape = local.block_shape
+
+    def sketch(self, kind: str, size: int, rng: Any) -> PerSampleGrads:
+        return self.owner._gather_rep(self.local.sketch(kind, size, rng).compact(), self.sizes)
+
+    def compact(self) -> PerSampleGrads:
+        return self.owner._gather_rep(self.local.compact(), self.sizes)
