@@ -67,9 +67,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small smoke size")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="device of the torch rows")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per method")
     args = ap.parse_args()
     n, k, p, q = (600, 20, 10, 2) if args.quick else (3000, 50, 10, 2)
-    repeats = 2 if args.quick else 5
+    repeats = args.repeats or (2 if args.quick else 5)
 
     import torch
     from sklearn.utils.extmath import randomized_svd

@@ -300,8 +300,8 @@ def intermediate_basis(xp: Any, Y: Any) -> Any:
 
 
 def check_products_finite(xp: Any, X: Any) -> None:
-    """NaN or Inf from an operator (or overflow) propagates into every later product and
-    factor, so one check of a result catches it."""
+    """Reject NaN or Inf in a product with ``A`` (an operator's output, or overflow); it
+    would propagate into every later product and factor."""
     if not bool(xp.all(xp.isfinite(X))):
         raise ValueError("A @ x is not finite: A contains NaN or Inf, or its products overflow")
 
