@@ -1,8 +1,8 @@
 """Models for the training studies: an MLP, a small CNN and CIFAR-style ResNets.
 
-All take images ``(N, C, H, W)`` and return logits ``(N, num_classes)``; their layers are the
-standard ``torch.nn`` modules SENG preconditions (``Linear``, ``Conv2d``), plus
-``BatchNorm2d`` in the ResNets (preconditioned by ``g / (1 + damping)``).
+All take images ``(N, C, H, W)`` and return logits ``(N, num_classes)`` and are built from
+standard ``torch.nn`` modules (``Linear``, ``Conv2d``, ``BatchNorm2d``), which SENG handles
+through its layer helpers (:data:`seng.layers.HELPERS`).
 """
 
 from __future__ import annotations
