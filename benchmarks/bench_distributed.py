@@ -109,7 +109,8 @@ def run_method(method: str, rank: int, world: int, batch: int, steps: int, repea
                   "gathers": sum(op == "all_gather" for op, _ in curv[0])}
     return {"time": min(times), "bytes_plain": nbytes(plain), "bytes_curv": nbytes(curv),
             "wire_plain": wire(plain), "wire_curv": wire(curv),
-            "params": sum(p.numel() for p in model.parameters()), **gather}
+            "params": sum(p.numel() for p in model.parameters()),
+            "layers": 0 if pre is None else len(pre.layer_info()), **gather}
 
 
 def worker(rank: int, world: int, init: str, out: str, args: argparse.Namespace) -> None:
@@ -144,34 +145,37 @@ def allgather_time(nbytes_per_rank: float, world: int, bandwidth: float, latency
 
 
 def projection() -> list[tuple]:
+    """Rows ``(W, GB/s, all-reduce ms, global (N s) extra ms, global (impl) extra ms,
+    efficiency of DDP-SGD, local, global (N s), global (impl))``; efficiency is the time per
+    step of one GPU alone over that of W GPUs on W times the work (weak scaling)."""
     # Assumptions, stated in docs/distributed.md.
     params = 25.6e6           # ResNet-50 parameters, fp32 gradients
     grad_bytes = 4 * params
-    layers = 54               # conv + fc layers (batchnorm blocks ignored in the gather)
+    layers = 54               # conv + fc layers (batchnorm blocks ignored)
     n, s = 64, 16384          # samples per GPU, sketch coordinates per layer (s = 128^2)
     t_sgd = 0.050             # forward + backward + update, ResNet-50 at 64 images (A100 TF32)
     seng_overhead = 0.40      # SENG compute per step relative to t_sgd (curvature amortized)
     update_freq = 10
+    flops32, flops64 = 19.5e12, 9.7e12  # A100 fp32 (Gram, products), fp64 (Cholesky)
     bw_intra, bw_inter = 150e9, 12.5e9  # NVLink ring bandwidth, 100 Gb/s InfiniBand per GPU
     lat = 5e-6
-    overlap = 0.0             # no overlap of communication with backward (conservative)
+    t_seng = t_sgd * (1 + seng_overhead)
     rows = []
     for world in (8, 64, 256):
         bw = bw_intra if world <= 8 else bw_inter
-        ar = allreduce_time(grad_bytes, world, bw, lat) * (1 - overlap)
-        sgd_eff = t_sgd / (t_sgd + ar)
-        t_seng = t_sgd * (1 + seng_overhead)
-        local_eff = t_seng / (t_seng + ar)
-        # global mode as the N s design: sketched per-sample gradients gathered on curvature
-        # steps, plus the U alpha all-reduce (gradient size) every step
-        gath = allgather_time(n * s * 4, world, bw, lat) * layers / update_freq
-        glob_eff = t_seng / (t_seng + 2 * ar + gath)
-        # global mode as implemented: the compact per-sample gradients are gathered, at most
-        # n dense per-sample gradients per rank (n * 4 * params bytes), on curvature steps
-        gath_impl = allgather_time(n * grad_bytes, world, bw, lat) / update_freq
-        impl_eff = t_seng / (t_seng + ar + gath_impl)
-        rows.append((world, bw / 1e9, ar * 1e3, gath * 1e3, gath_impl * 1e3, sgd_eff,
-                     local_eff, glob_eff, impl_eff))
+        N = n * world
+        ar = allreduce_time(grad_bytes, world, bw, lat)  # no overlap with backward
+        # global-batch curvature beyond one GPU's: Gram rows and Cholesky of N x N per layer
+        gram = layers * (2 * (N**2 - n**2) * s / flops32 + (N**3 - n**3) / 3 / flops64)
+        # N s design: gather sketched rows on curvature steps, U alpha all-reduce every step
+        ns = (allgather_time(n * s * 4, world, bw, lat) * layers + gram) / update_freq + ar
+        # as implemented: gather compact exact per-sample gradients (<= n * 4 * params bytes
+        # per rank) on curvature steps; U^T g and U alpha over N samples every step
+        impl = ((allgather_time(n * grad_bytes, world, bw, lat) + gram) / update_freq
+                + 4 * (N - n) * params / flops32)
+        rows.append((world, bw / 1e9, ar * 1e3, ns * 1e3, impl * 1e3, t_sgd / (t_sgd + ar),
+                     t_seng / (t_seng + ar), t_seng / (t_seng + ar + ns),
+                     t_seng / (t_seng + ar + impl)))
     return rows
 
 
@@ -194,21 +198,23 @@ def main() -> None:
         r1, r2 = results[1][m], results[2][m]
         plain = r2["bytes_plain"]
         print(f"{m:<20} {plain:>12.0f} {r2['bytes_curv'] or plain:>12.0f} "
-              f"{plain / ddp2['bytes_plain']:>8.3f} {r2['wire_plain']:>11.0f} "
+              f"{plain / ddp2['bytes_plain']:>8.5f} {r2['wire_plain']:>11.0f} "
               f"{r2.get('gather_bytes', 0):>10} {1e3 * r1['time']:>8.2f} "
               f"{1e3 * r2['time']:>8.2f} {r2['time'] / ddp2['time']:>9.2f}")
-    sk = results[2]["seng-global-sketch"]
-    target = args.batch * 256 * 4 * sk["gathers"] // 2  # two factors gathered per layer
-    print(f"\nglobal-sketch (sketch_size s=256): a rank sends {sk['gather_bytes']} bytes in "
-          f"{sk['gathers']} all-gathers on a curvature step; target n*s*4 per layer = "
-          f"{target} bytes: {'met' if sk['gather_bytes'] <= target else 'MISSED'} (the "
-          "exact factors are gathered, see docs/distributed.md)")
+    sk, ex = results[2]["seng-global-sketch"], results[2]["seng-global"]
+    target = args.batch * 256 * 4 * sk["layers"]
+    part = sk["gather_bytes"] - ex["gather_bytes"]
+    print(f"\nglobal-sketch (s=256 coordinates per layer, {sk['layers']} layers): a rank sends "
+          f"{sk['gather_bytes']} bytes on a curvature step = {ex['gather_bytes']} (the exact "
+          f"compact store, as seng-global) + {part} (the sketches); target n*s*4 per layer = "
+          f"{target} bytes: sketches {'met' if part <= target else 'MISSED'}, whole gather "
+          f"{'met' if sk['gather_bytes'] <= target else 'MISSED'} (see docs/distributed.md)")
     print("\nProjection, ResNet-50, 64 images per GPU (assumptions in docs/distributed.md):")
-    print(f"{'GPUs':>5} {'GB/s':>6} {'allreduce ms':>13} {'gather(N s) ms':>15} "
-          f"{'gather(impl) ms':>16} {'eff DDP-SGD':>12} {'eff local':>10} "
+    print(f"{'GPUs':>5} {'GB/s':>6} {'allreduce ms':>13} {'+global(N s) ms':>16} "
+          f"{'+global(impl) ms':>17} {'eff DDP-SGD':>12} {'eff local':>10} "
           f"{'eff global(N s)':>16} {'eff global(impl)':>17}")
     for w, bw, ar, ga, gi, e0, e1, e2, e3 in projection():
-        print(f"{w:>5} {bw:>6.1f} {ar:>13.2f} {ga:>15.2f} {gi:>16.1f} {e0:>12.3f} "
+        print(f"{w:>5} {bw:>6.1f} {ar:>13.2f} {ga:>16.1f} {gi:>17.1f} {e0:>12.3f} "
               f"{e1:>10.3f} {e2:>16.3f} {e3:>17.3f}")
 
 
