@@ -120,7 +120,7 @@ def flops(rep: PerSampleGrads, rank: int) -> float | None:
     if t < da:
         per += 4.0 * da * t * t + 2.0 * ra * da * k
     per += min(_svd_costs(rg, ra, k).values())
-    costs = _kron_gram_costs(n, g, k, da, dg, rep.A.element_size())
+    costs = _kron_gram_costs(n, g, k, da, dg, rep.G.element_size())
     return n * g * per + costs[choose_gram_method(costs)][0]
 
 

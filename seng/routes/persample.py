@@ -154,7 +154,7 @@ class KroneckerFactors(PerSampleGrads):
     # -- Gram ------------------------------------------------------------------------------
     def gram_costs(self) -> dict[str, tuple[float, float]]:
         return _kron_gram_costs(self.n, self.groups, self.positions, self.da, self.dg,
-                                self.A.element_size())
+                                self.G.element_size())
 
     def gram(self, method: str | None = None) -> tuple[torch.Tensor, str]:
         if method is None:
@@ -237,7 +237,7 @@ class KroneckerFactors(PerSampleGrads):
         if s_out < self.dg:
             flops += rows * _apply_flops(kind, s_out, self.dg)
         costs = _kron_gram_costs(self.n, self.groups, self.positions, s_in, s_out,
-                                 self.A.element_size())
+                                 self.G.element_size())
         return flops + costs[choose_gram_method(costs)][0]
 
     def tensors(self) -> dict[str, torch.Tensor]:
