@@ -109,6 +109,8 @@ def _worker(rank, init, out_dir):
         torch.set_num_threads(1)
         results = {name: _train_rank(rank, os.path.join(out_dir, name), **config)
                    for name, config in SCENARIOS.items()}
+        results["timeout"] = _timeout_rank(rank)
+        dist.barrier()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -136,6 +138,21 @@ def _train_rank(rank, ckpt, *, mode, conv, steps, options, nan_step=None, save_a
     return {"record": record, "counters": dict(pre.counters)}
 
 
+def _timeout_rank(rank):
+    """Rank 1 never reaches the step's all-reduce: rank 0 must raise, not hang."""
+    group = dist.new_group(timeout=datetime.timedelta(seconds=2))
+    model = make_model(False)
+    pre = DistributedSENGPreconditioner(model, mode="local", process_group=group)
+    loss_of(model, *shard(batches(1, False)[0], rank)).backward()
+    if rank == 1:
+        return None
+    try:
+        pre.step()
+    except RuntimeError as e:
+        return str(e)
+    return "no error"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """``{scenario: [result of rank 0, result of rank 1]}`` from WORLD gloo processes;
@@ -151,7 +168,7 @@ def runs(tmp_path_factory):
                 p.kill()
             pytest.fail(f"the {WORLD} processes hung for {2 * TIMEOUT_S} s")
     per_rank = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    results = {name: [r[name] for r in per_rank] for name in SCENARIOS}
+    results = {name: [r[name] for r in per_rank] for name in [*SCENARIOS, "timeout"]}
     results["checkpoint-file"] = torch.load(out / "checkpoint.pt", weights_only=False)
     return results
 
@@ -244,6 +261,12 @@ def test_checkpoint_from_two_ranks_resumes_on_one(runs):
     record = run_steps(model, pre, opt, batches(config["steps"], False)[save_after:], "mean")
     for res in runs["checkpoint"]:
         _check_same(res["record"][save_after:], record)
+
+
+def test_missing_rank_times_out_with_a_clear_error(runs):
+    message = runs["timeout"][0]
+    assert message.startswith("seng.distributed: all_reduce")
+    assert "init_process_group(timeout=...)" in message and "rank 0 of 2" in message
 
 
 def test_invalid_arguments():
