@@ -25,6 +25,7 @@ CONVS = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # torch's note on even kernels
 @pytest.mark.parametrize("live", [("weight", "bias"), ("weight",), ("bias",)])
 @pytest.mark.parametrize("make", CONVS)
 def test_dense_grads_match_im2col(make, live):
