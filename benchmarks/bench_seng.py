@@ -144,7 +144,7 @@ def memory_in_subprocess(batch: int, which: str, sketch: str | None, threads: in
 
 def profile(batch: int, sketch: str | None) -> None:
     _, _, curv = setup(batch, True, 1, sketch)
-    timed(curv, 2)
+    timed(curv, 2, time.perf_counter)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         curv()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
