@@ -6,7 +6,14 @@ computational routines and drivers. ``import sketchlinalg`` needs NumPy and SciP
 backend (torch, cupy) is used only through the arrays the caller passes.
 """
 
-from .comps import adaptive_range_finder, lsqr, pcg, range_finder
+from .comps import (
+    DampedGramFactor,
+    adaptive_range_finder,
+    damped_gram_factor,
+    lsqr,
+    pcg,
+    range_finder,
+)
 from .drivers import eigh_randomized, nystrom, ridge, rsvd, woodbury_solve
 from .sketching import (
     KINDS,
@@ -25,11 +32,13 @@ __all__ = [
     "KINDS",
     "SRHT",
     "CountSketch",
+    "DampedGramFactor",
     "GaussianSketch",
     "RowSampling",
     "SketchingOperator",
     "SparseSign",
     "adaptive_range_finder",
+    "damped_gram_factor",
     "eigh_randomized",
     "lsqr",
     "nystrom",

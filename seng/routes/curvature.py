@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
+import sketchlinalg as sl
+
 from .persample import PerSampleGrads, from_state
-from .solve import cholesky_solve, damped_cholesky
 
 
 class Curvature:
@@ -27,17 +28,21 @@ class Curvature:
         self.store = store
         self.gram = gram
         self.info = info
-        self._factor: tuple[float, torch.Tensor] | None = None
+        self._factor: sl.DampedGramFactor | None = None
 
     def direction(self, g: torch.Tensor, damping: float) -> tuple[torch.Tensor, bool]:
-        """``((U U^T + damping I)^{-1} g, whether the Cholesky fallback was used)``."""
+        """``((U U^T + damping I)^{-1} g, whether the Cholesky fallback was used)``.
+
+        The small system is factored by :func:`sketchlinalg.damped_gram_factor` (Cholesky,
+        or the clipped eigendecomposition when Cholesky fails) and reused while ``damping``
+        is unchanged.
+        """
         fallback = False
-        if self._factor is None or self._factor[0] != damping:
-            L, fallback = damped_cholesky(self.gram, damping)
-            self._factor = (damping, L)
-        L = self._factor[1]
-        v = self.store.rmatvec(g).to(L.dtype)
-        alpha = cholesky_solve(L, v).to(g.dtype)
+        if self._factor is None or self._factor.lam != damping:
+            self._factor = sl.damped_gram_factor(self.gram, damping)
+            fallback = self._factor.fallback
+        v = self.store.rmatvec(g).to(self.gram.dtype)
+        alpha = self._factor.solve(v).to(g.dtype)
         return (g - self.store.matvec(alpha)) / damping, fallback
 
     @property

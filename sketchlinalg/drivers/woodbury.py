@@ -5,13 +5,13 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from .. import _backend
 from .._linop import as_matrix
 from .._rng import RNGLike
 from .._validation import check_dense, check_finite, check_int
+from ..comps.damped_gram import damped_gram_factor
 from ..sketching import KINDS
 from ..sketching import sketch as make_sketch
 
@@ -164,22 +164,15 @@ def woodbury_solve(
     info: dict[str, Any] = {"gram": gram_name, "fallback": False}
     if lams.ndim == 0:
         lam0 = float(lams)
-        L = _backend.cholesky(G + lam0 * _eye_like(xp, G))
-        if L is not None:
-            alpha = _backend.solve_triangular(
-                L, _backend.solve_triangular(L, H, lower=True), lower=True, trans=True
-            )
-            diag = _backend.to_host(xp.linalg.diagonal(L)).astype(np.float64)
-            info.update(factorization="cholesky", cond=float((diag.max() / diag.min()) ** 2))
-        else:
+        F = damped_gram_factor(G, lam0)
+        if F.fallback:
             warnings.warn(
                 f"woodbury_solve: Cholesky of U^T U + lam I failed (lam={lam0:.3e} is below the "
                 f"rounding level of the Gram); solving by eigendecomposition instead",
                 RuntimeWarning, stacklevel=2,
             )
-            w, V = _clipped_eigh(xp, G)
-            alpha = V @ ((V.T @ H) / (w + lam0)[:, None])
-            info.update(factorization="eigh", fallback=True, cond=_eig_cond(w, [lam0]))
+        alpha = F.solve(H)
+        info.update(factorization=F.method, fallback=F.fallback, cond=F.cond)
         x = (R - Ud @ alpha) / lam0
     else:
         w, V = _clipped_eigh(xp, G)
@@ -219,10 +212,6 @@ def _check_lam(lam: Any) -> np.ndarray:
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(f"lam must be finite and > 0 (every entry), got {lam!r}")
     return arr
-
-
-def _eye_like(xp: Any, G: Any) -> Any:
-    return xp.eye(G.shape[0], dtype=G.dtype, device=array_api_compat.device(G))
 
 
 def _clipped_eigh(xp: Any, G: Any) -> tuple[Any, Any]:

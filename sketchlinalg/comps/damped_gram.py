@@ -1,0 +1,86 @@
+"""Factor ``G + lam I`` for a positive semidefinite Gram ``G``: the small system of the
+Woodbury identity, shared by ``woodbury_solve`` and the SENG optimizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .. import _backend
+from .._validation import check_dense, check_finite
+
+
+@dataclass
+class DampedGramFactor:
+    """A factorization of ``G + lam I`` that solves ``(G + lam I) X = B``.
+
+    ``method`` is ``"cholesky"`` (``L`` lower triangular) or, when Cholesky failed,
+    ``"eigh"`` (``w``, ``V`` with ``G = V diag(w) V^T`` and rounding-level negative ``w``
+    clipped to 0). ``cond`` is the condition number of ``G + lam I`` (exact from eigh; from
+    Cholesky the lower bound ``(max L_ii / min L_ii)^2``).
+    """
+
+    method: str
+    lam: float
+    cond: float
+    L: Any = None
+    w: Any = None
+    V: Any = None
+
+    @property
+    def fallback(self) -> bool:
+        """Whether Cholesky failed and the eigendecomposition was used instead."""
+        return self.method == "eigh"
+
+    def solve(self, B: Any) -> Any:
+        """``(G + lam I)^{-1} B`` for ``B`` of shape ``(n,)`` or ``(n, k)``."""
+        if self.method == "cholesky":
+            Y = _backend.solve_triangular(self.L, B, lower=True)
+            return _backend.solve_triangular(self.L, Y, lower=True, trans=True)
+        VtB = self.V.T @ B
+        scale = 1.0 / (self.w + self.lam)
+        return self.V @ (VtB * (scale if B.ndim == 1 else scale[:, None]))
+
+
+def damped_gram_factor(G: Any, lam: float) -> DampedGramFactor:
+    r"""Factor :math:`G + \lambda I` for a symmetric positive semidefinite :math:`G`.
+
+    For :math:`\lambda > 0` the matrix is positive definite, so Cholesky is tried first.
+    When :math:`\lambda` is below the rounding level of :math:`\|G\|`, the computed matrix may
+    not be numerically positive definite and Cholesky fails; the factorization then falls
+    back to :math:`G = V \operatorname{diag}(w) V^T` with the rounding-level negative
+    :math:`w_i` set to 0, so that every eigenvalue of the solved matrix is at least
+    :math:`\lambda`. The choice is reported in ``method`` (the caller decides how to surface
+    it: ``woodbury_solve`` warns, SENG counts it).
+
+    Parameters
+    ----------
+    G : array of shape (n, n)
+        A symmetric PSD matrix of any backend (a Gram ``U^T U``), float32 or float64.
+    lam : float
+        The shift, finite and > 0.
+
+    Returns
+    -------
+    DampedGramFactor
+        With ``solve(B)``, ``method``, ``fallback`` and ``cond``.
+    """
+    xp, _ = check_dense(G, "G", ndim=(2,))
+    if G.shape[0] != G.shape[1]:
+        raise ValueError(f"G must be square, got shape {tuple(G.shape)}")
+    check_finite(xp, G, "G")
+    lam = float(lam)
+    if not np.isfinite(lam) or lam <= 0:
+        raise ValueError(f"lam must be finite and > 0, got {lam}")
+    eye = xp.eye(G.shape[0], dtype=G.dtype, device=array_api_compat.device(G))
+    L = _backend.cholesky(G + lam * eye)
+    if L is not None:
+        diag = _backend.to_host(xp.linalg.diagonal(L)).astype(np.float64)
+        return DampedGramFactor("cholesky", lam, float((diag.max() / diag.min()) ** 2), L=L)
+    w, V = xp.linalg.eigh(G)
+    w = xp.where(w > 0, w, xp.zeros_like(w))
+    wh = _backend.to_host(w).astype(np.float64)
+    return DampedGramFactor("eigh", lam, float((wh.max() + lam) / (wh.min() + lam)), w=w, V=V)
