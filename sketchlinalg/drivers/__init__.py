@@ -5,3 +5,5 @@ from .nystrom import nystrom
 from .ridge import ridge
 from .rsvd import rsvd
 from .woodbury import woodbury_solve
+
+__all__ = ["eigh_randomized", "nystrom", "ridge", "rsvd", "woodbury_solve"]
