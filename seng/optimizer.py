@@ -102,6 +102,15 @@ class SENG(torch.optim.Optimizer):
                 p.add_(d, alpha=-group["lr"])
         return loss
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients and the curvature captured since the last step.
+
+        A step that was not taken (``GradScaler`` skips ``step()`` on an overflow) would
+        otherwise leave its captured activations to be mixed into the next batch's curvature.
+        """
+        super().zero_grad(set_to_none=set_to_none)
+        self.preconditioner._capture.reset()
+
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.Optimizer.state_dict()`` plus the preconditioner's under ``"seng"``."""
         state = super().state_dict()

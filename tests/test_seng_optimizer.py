@@ -168,3 +168,26 @@ def test_fewer_steps_than_tuned_sgd(seed):
     seng = train(lambda m: SENG(m, lr=lr, momentum=0.9, damping=0.1, update_freq=1), X, y)
     reached = [k for k, v in enumerate(seng) if v <= sgd[lr][-1]]
     assert reached and reached[0] < len(seng) // 2
+
+
+def test_step_not_taken_leaves_no_curvature_behind():
+    # GradScaler skips step() on an overflow; zero_grad() before the next forward must drop
+    # that batch's captured activations, so the next step sees only its own batch.
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    y = torch.randn(8, 3, dtype=torch.float64)
+
+    def run(skip_first: bool) -> list[torch.Tensor]:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+        opt = SENG(model, lr=0.1, momentum=0.0, damping=0.5, update_freq=1)
+        if skip_first:
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x1), y).backward()  # step not taken
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x2), y).backward()
+        opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(True), run(False), strict=True):
+        assert torch.equal(a, b)
