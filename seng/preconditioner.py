@@ -310,7 +310,8 @@ class SENGPreconditioner:
             for n, t in layer.helper.block_to_grads(d, live).items():
                 out[layer.params[n]] = t.to(named[n].dtype)
         for p, g in grads.items():
-            if id(p) not in handled and bool(torch.isfinite(g).all()):
+            values = g.coalesce().values() if g.is_sparse else g
+            if id(p) not in handled and bool(torch.isfinite(values).all()):
                 out[p] = g / (1.0 + damping)
         self._cap_norm(out)
         if refresh:

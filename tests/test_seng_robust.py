@@ -228,3 +228,19 @@ def test_report_lists_layers_routes_and_memory():
     assert all(r["memory_bytes"] > 0 for r in info)
     assert info[0]["last"]["gram_method"] in ("kronecker", "dense")
     assert info[0]["last"]["gram_flops"] > 0 and info[1]["last"]["sketch_shape"] == [1, 2, 13]
+
+
+def test_sparse_embedding_gradients_get_the_plain_scaling():
+    # nn.Embedding(sparse=True) is not preconditioned; its sparse gradient must not crash the
+    # finiteness check and gets g / (1 + damping).
+    torch.manual_seed(0)
+    emb = nn.Embedding(20, 4, sparse=True)
+    head = nn.Linear(4, 2)
+    model = nn.Sequential(emb, nn.Flatten(), head)
+    pre = SENGPreconditioner(model, damping=0.5, update_freq=1)
+    idx = torch.randint(0, 20, (6, 1))
+    model.zero_grad()
+    nn.functional.mse_loss(model(idx), torch.randn(6, 2)).backward()
+    g = emb.weight.grad.coalesce().to_dense().clone()
+    pre.step()  # the sparse gradient is one of the "other parameters"
+    assert torch.allclose(emb.weight.grad.to_dense(), g / 1.5)
