@@ -74,6 +74,7 @@ class Capture:
         self.active = False
         self.subset = subset
         self.calls: dict[str, list[Call]] = {}
+        self.handed_out: list[Call] = []
         self.handles: list[Any] = []
 
     def register(self, name: str, helper: LayerHelper, params: dict[str, nn.Parameter]) -> None:
@@ -104,12 +105,19 @@ class Capture:
         """The calls of ``name`` that received a gradient, and whether their sample counts
         disagree (then they cannot be summed per sample); forgets them."""
         calls = [c for c in self.calls[name] if c.grad is not None]
+        self.handed_out.extend(self.calls[name])
         self.calls[name] = []
         return calls, len({c.n for c in calls}) > 1
 
     def reset(self) -> None:
+        """Forget every call and free what it holds: the autograd graph, which the user may
+        keep alive (e.g. through ``loss``), still references the calls through its hooks."""
         for name in self.calls:
+            self.handed_out.extend(self.calls[name])
             self.calls[name] = []
+        for call in self.handed_out:
+            call.payload = call.grad = None
+        self.handed_out = []
 
     def remove(self) -> None:
         for h in self.handles:
