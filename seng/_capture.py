@@ -109,15 +109,27 @@ class Capture:
         self.calls[name] = []
         return calls, len({c.n for c in calls}) > 1
 
+    def drop_completed(self) -> None:
+        """Forget the calls whose backward has run (a step that was not taken), keeping those
+        still waiting for it (``zero_grad`` between forward and backward is common)."""
+        for name, calls in self.calls.items():
+            self.handed_out.extend(c for c in calls if c.grad is not None)
+            self.calls[name] = [c for c in calls if c.grad is None]
+        self.release()
+
+    def release(self) -> None:
+        """Free what forgotten calls hold."""
+        for call in self.handed_out:
+            call.payload = call.grad = None
+        self.handed_out = []
+
     def reset(self) -> None:
         """Forget every call and free what it holds: the autograd graph, which the user may
         keep alive (e.g. through ``loss``), still references the calls through its hooks."""
         for name in self.calls:
             self.handed_out.extend(self.calls[name])
             self.calls[name] = []
-        for call in self.handed_out:
-            call.payload = call.grad = None
-        self.handed_out = []
+        self.release()
 
     def remove(self) -> None:
         for h in self.handles:

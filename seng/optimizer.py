@@ -103,13 +103,14 @@ class SENG(torch.optim.Optimizer):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the gradients and the curvature captured since the last step.
+        """Clear the gradients and the curvature of a backward whose step was not taken.
 
-        A step that was not taken (``GradScaler`` skips ``step()`` on an overflow) would
-        otherwise leave its captured activations to be mixed into the next batch's curvature.
+        ``GradScaler`` skips ``step()`` on an overflow; that batch's captured activations would
+        otherwise be mixed into the next batch's curvature. Activations still waiting for
+        their backward (``zero_grad`` between forward and backward) are kept.
         """
         super().zero_grad(set_to_none=set_to_none)
-        self.preconditioner._capture.reset()
+        self.preconditioner._capture.drop_completed()
 
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.Optimizer.state_dict()`` plus the preconditioner's under ``"seng"``."""

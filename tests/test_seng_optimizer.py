@@ -191,3 +191,15 @@ def test_step_not_taken_leaves_no_curvature_behind():
 
     for a, b in zip(run(True), run(False), strict=True):
         assert torch.equal(a, b)
+
+
+def test_zero_grad_between_forward_and_backward_keeps_the_curvature():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    opt = SENG(model, lr=0.1, damping=0.5, update_freq=1)
+    loss = nn.functional.mse_loss(model(torch.randn(8, 5, dtype=torch.float64)),
+                                  torch.randn(8, 3, dtype=torch.float64))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert opt.preconditioner.counters["curvature_updates"] >= 1
