@@ -21,6 +21,7 @@ import scipy.linalg
 import scipy.sparse
 
 __all__ = [
+    "all_finite",
     "backend_name",
     "cholesky",
     "compute_dtype",
@@ -249,3 +250,15 @@ def qr_r(A: Any) -> Any:
     import cupy
 
     return cupy.linalg.qr(A, mode="r")
+
+
+def all_finite(x: Any) -> bool:
+    """Whether every entry of the floating array ``x`` is finite.
+
+    One sum decides the common case: a NaN or Inf entry makes the sum NaN or Inf, so a finite
+    sum proves every entry finite. Only a non-finite sum (a non-finite entry, or finite
+    entries whose sum overflows) pays for the elementwise test, which on torch is about 15x
+    slower than the sum.
+    """
+    xp = namespace(x)
+    return bool(xp.isfinite(xp.sum(x))) or bool(xp.all(xp.isfinite(x)))

@@ -96,6 +96,26 @@ def test_other_families_within_twice_the_gaussian_bound(kind):
         assert e2 <= 2 * hmt_spectral_bound(s, K, P, q), (spectrum, q)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cond", [1e1, 1e3, 1e6, np.inf])
+def test_orthonormalize_both_paths(dtype, cond):
+    # SVQB where eps cond^2 <= 1e-4, Householder QR beyond (and for rank-deficient Y). Either
+    # way, after two passes: Z orthonormal to O(m eps); Y = Z C with residual
+    # <= eps cond ||Y|| (SVQB) or O(eps) ||Y|| (Householder), and range(Z) = range(Y) up to
+    # the same; the factor 10 m covers the length-m inner products.
+    from sketchlinalg.comps.range_finder import orthonormalize
+
+    s = np.logspace(0, -np.log10(cond), 12) if np.isfinite(cond) else np.r_[np.ones(8), 0, 0, 0, 0]
+    Y = matrix_with_spectrum(300, 12, s, rng=40).astype(dtype)
+    Z, C = orthonormalize(np, Y, passes=2)
+    assert Z.dtype == C.dtype == np.dtype(dtype) and Z.shape == (300, 12) and C.shape == (12, 12)
+    svqb_ok = np.isfinite(cond) and eps(dtype) * cond**2 <= 1e-4
+    amplification = cond if svqb_ok else 1.0
+    assert_close(Z.T @ Z, np.eye(12), factor=10 * 300, dtype=dtype)
+    assert_close(Z @ C, Y, factor=10 * 300 * amplification, dtype=dtype, scale=1.0)
+    assert_close(Z @ (Z.T @ Y), Y, factor=10 * 300 * amplification, dtype=dtype, scale=1.0)
+
+
 @pytest.mark.parametrize("kind", list(sl.KINDS))
 @pytest.mark.parametrize("q", [0, 1, 3])
 def test_basis_spans_the_power_scheme_range(kind, q):

@@ -13,6 +13,7 @@ from ..comps.range_finder import (
     check_symmetric_sketch,
     device_kw,
     omega,
+    orthonormalize,
     prepare,
     to_input_dtype,
 )
@@ -31,7 +32,7 @@ def nystrom(
     of a symmetric positive-semidefinite ``A``.
 
     With :math:`\ell = \min(\text{rank} + \text{oversample}, n)`, an orthonormalized test
-    matrix :math:`\Omega = \operatorname{qr}(S^T) \in \mathbb{R}^{n \times \ell}` and one
+    matrix :math:`\Omega = \operatorname{orth}(S^T) \in \mathbb{R}^{n \times \ell}` and one
     pass :math:`Y = A\Omega`, the Nystrom approximation
     :math:`\hat A = Y (\Omega^T Y)^{\dagger} Y^T` is computed in the shifted form that
     avoids the ill-conditioned pseudo-inverse (Tropp, Yurtsever, Udell and Cevher 2017,
@@ -46,8 +47,9 @@ def nystrom(
 
     so that :math:`U \operatorname{diag}(\lambda) U^T` is the Nystrom approximation of
     :math:`A + \nu I` with the shift removed; ``U`` and ``lambda`` are then truncated to
-    ``rank``. The SVD of :math:`E` is taken through the QR :math:`Y_\nu = P R` as the SVD of
-    the small :math:`R C^{-T}`. For a Gaussian :math:`\Omega` and any :math:`r \le \ell - 2`,
+    ``rank``. The SVD of :math:`E` is taken through :math:`Y_\nu = P R` (orthonormal
+    :math:`P`, square :math:`R`; SVQB or Householder QR as in the range finder) as the SVD
+    of the small :math:`R C^{-T}`. For a Gaussian :math:`\Omega` and any :math:`r \le \ell - 2`,
     :math:`A - \hat A = A^{1/2}(I - P_{A^{1/2}\Omega})A^{1/2}` gives, with HMT (2011)
     Theorem 10.5 applied to :math:`A^{1/2}`,
 
@@ -95,7 +97,7 @@ def nystrom(
     """
     M, l, _, kind, gen = prepare(A, rank, oversample, 0, sketch, rng, square=True)
     xp, n, k = M.xp, M.shape[0], int(rank)
-    Omega, _ = _backend.qr(omega(M, l, kind, gen))
+    Omega, _ = orthonormalize(xp, omega(M, l, kind, gen), passes=2)
     Y = M.matmat(Omega)
     check_products_finite(xp, Y)
     scale = float(xp.linalg.vector_norm(Y))
@@ -112,7 +114,7 @@ def nystrom(
             "A is not positive semidefinite: the sketch Omega^T A Omega + nu I has no "
             "Cholesky factor (use eigh_randomized for symmetric indefinite matrices)"
         )
-    P, R = _backend.qr(Y_nu)
+    P, R = orthonormalize(xp, Y_nu, passes=2)
     # E = Y_nu C^{-T} = P (R C^{-T}) and R C^{-T} = (C^{-1} R^T)^T.
     X, sigma, _ = xp.linalg.svd(_backend.solve_triangular(C, R.T, lower=True).T)
     U = P @ X[:, :k]

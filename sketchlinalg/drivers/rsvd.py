@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _backend
 from .._rng import RNGLike
-from ..comps.range_finder import basis, prepare, to_input_dtype
+from ..comps.range_finder import basis, orthonormalize, prepare, to_input_dtype
 
 __all__ = ["rsvd"]
 
@@ -23,9 +22,10 @@ def rsvd(
 
     With the orthonormal :math:`Q \in \mathbb{R}^{m \times \ell}` of
     :func:`sketchlinalg.range_finder` (same arguments), one more pass gives
-    :math:`W = A^T Q = P R` (reduced QR), so that :math:`Q^T A = R^T P^T`. The SVD of the
-    small :math:`\ell \times \ell` matrix :math:`R^T = X \operatorname{diag}(\hat s)
-    \hat Y^T` then yields
+    :math:`W = A^T Q = P R` with orthonormal :math:`P` and :math:`R \in \mathbb{R}^{\ell
+    \times \ell}` (SVQB or Householder QR, as in the range finder), so that
+    :math:`Q^T A = R^T P^T`. The SVD of the small matrix :math:`R^T = X
+    \operatorname{diag}(\hat s) \hat Y^T` then yields
 
     .. math::
 
@@ -33,14 +33,14 @@ def rsvd(
 
     truncated to the leading ``rank`` triplets: :math:`U = Q X_{:, :k}`,
     :math:`s = \hat s_{:k}`, :math:`V^T = \hat Y_{:, :k}^T P^T` (HMT 2011, Algorithm 5.1;
-    the QR of :math:`W` replaces the SVD of the wide :math:`Q^T A` at lower cost). With
-    :math:`A_k` the best rank-``k`` approximation, the error obeys
+    factoring the tall :math:`W` replaces the SVD of the wide :math:`Q^T A` at lower cost).
+    With :math:`A_k` the best rank-``k`` approximation, the error obeys
     :math:`\|A - U \operatorname{diag}(s) V^T\| \le \|A - A_k\| + \|(I - QQ^T)A\|` in
     the spectral and Frobenius norms (HMT 2011, Sec. 9.4), with the expectation bounds of
     :func:`sketchlinalg.range_finder` for the last term, and by Weyl's inequality
-    :math:`0 \le \sigma_j - s_j \le \|(I - QQ^T)A\|_2`. Cost: :math:`2q + 2` passes over
-    ``A``, two Householder QRs of :math:`\ell`-column matrices and :math:`2q` CholeskyQR
-    (or Householder) steps inside the power iteration.
+    :math:`0 \le \sigma_j - s_j \le \|(I - QQ^T)A\|_2`, up to rounding (where SVQB is used,
+    a relative :math:`10^{-4} \sigma_\ell` at most). Cost: :math:`2q + 2` passes over ``A``
+    and :math:`2q + 2` orthonormalizations of :math:`\ell`-column matrices.
 
     Parameters
     ----------
@@ -79,7 +79,7 @@ def rsvd(
     """
     M, l, q, kind, gen = prepare(A, rank, oversample, power_iters, sketch, rng)
     Q = basis(M, l, q, kind, gen)
-    P, R = _backend.qr(M.rmatmat(Q))
+    P, R = orthonormalize(M.xp, M.rmatmat(Q), passes=2)
     X, s, Yh = M.xp.linalg.svd(R.T, full_matrices=False)
     k = int(rank)
     U = Q @ X[:, :k]
