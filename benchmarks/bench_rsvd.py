@@ -10,10 +10,12 @@ the others run. nystrom: ``sl.nystrom`` and ``sl.eigh_randomized`` against
 eigenvalues ``1/j``.
 
 Errors are ``||A - A_hat||_2 / sigma_{k+1}`` (1 is optimal) and the Frobenius analogue
-``||A - A_hat||_F / (sum_{j>k} sigma_j^2)^{1/2}``. Times are the best of several repeats
-after a warm-up; each timed call is preceded by a short sleep so that the idle OpenMP/BLAS
-threads of the previous library (torch's spin-wait) do not steal the cores from the next
-one. Run ``python benchmarks/bench_rsvd.py`` (``--quick`` for a small smoke size,
+``||A - A_hat||_F / (sum_{j>k} sigma_j^2)^{1/2}``. Times are the best over 3 turns of 3
+back-to-back calls per method, the methods taking turns; each turn starts with a short
+sleep (torch's OpenMP threads spin for a while after a call and would steal the cores from
+the next library) and one untimed call (waking the BLAS threads of this library). The time
+floor is the 2q + 2 = 6 passes over A, one GEMM with 60 columns each, that every method
+here makes. Run ``python benchmarks/bench_rsvd.py`` (``--quick`` for a small smoke size,
 ``--device cuda`` to run the torch rows, ours and torch's, on the GPU).
 """
 
@@ -31,21 +33,23 @@ import sketchlinalg as sl
 from sketchlinalg._backend import to_host
 
 
-def best_times(fns: dict[str, Callable[[], object]], repeats: int,
+def best_times(fns: dict[str, Callable[[], object]], rounds: int, repeats: int,
                sync: Callable[[], None]) -> dict[str, float]:
-    """Best wall time of each function, timed round-robin so that all of them see the same
-    machine load; one warm-up call each, and a short sleep before every timed call."""
-    for fn in fns.values():
-        fn()
-        sync()
+    """Best wall time of each function over ``rounds`` rounds, the functions taking turns so
+    that all of them see the same machine load. In each turn: a short sleep (the previous
+    library's worker threads stop spinning), one untimed call (this library's threads wake
+    up), then ``repeats`` timed calls back to back."""
     best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, fn in fns.items():
             time.sleep(0.3)
-            t0 = time.perf_counter()
             fn()
             sync()
-            best[name] = min(best[name], time.perf_counter() - t0)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -67,10 +71,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small smoke size")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="device of the torch rows")
-    ap.add_argument("--repeats", type=int, default=None, help="timed calls per method")
+    ap.add_argument("--rounds", type=int, default=None, help="turns per method")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per turn")
     args = ap.parse_args()
     n, k, p, q = (600, 20, 10, 2) if args.quick else (3000, 50, 10, 2)
-    repeats = args.repeats or (2 if args.quick else 5)
+    rounds = args.rounds or (1 if args.quick else 3)
 
     import torch
     from sklearn.utils.extmath import randomized_svd
@@ -114,12 +119,12 @@ def main() -> None:
             "nystrom", lambda: scipy.sparse.linalg.eigsh(A_psd, k=k, rng=0), eigh_lr, A_psd),
     }
     load_before = os.getloadavg()[0]
-    times = best_times({name: m[1] for name, m in methods.items()}, repeats, sync)
+    times = best_times({name: m[1] for name, m in methods.items()}, rounds, args.repeats, sync)
     load_after = os.getloadavg()[0]
     errs = {name: errors(M, *to_lr(fn()), s, k) for name, (_, fn, to_lr, M) in methods.items()}
 
     print(f"n = {n}, rank {k}, oversample {p}, power iterations {q}, float64, sigma_j = 1/j; "
-          f"best of {repeats}; torch threads {torch.get_num_threads()}; "
+          f"best of {rounds} x {args.repeats}; torch threads {torch.get_num_threads()}; "
           f"load average {load_before:.1f} before, {load_after:.1f} after")
     for table, ref in (("rsvd", "sl.rsvd (numpy)"), ("nystrom", "sl.nystrom (numpy)")):
         print(f"\n{'method':50s} {'time [s]':>9s} {'ours/this':>9s} {'err2/opt':>9s} "
