@@ -3,6 +3,8 @@ eigh_randomized against numpy.linalg.eigh; every input kind and backend, float32
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -93,6 +95,15 @@ def test_nystrom_exact_on_low_rank_psd(kind):
     assert_close(lam, lam_true, factor=factor, scale=lam_true[0])
     assert_close((U * lam) @ U.T, A, factor=factor, scale=lam_true[0])
     assert_close(U.T @ U, np.eye(6), factor=N)
+
+
+def test_svqb_path(monkeypatch):
+    # The direct-formula, exactness and eigh oracles with every orthonormalization allowed to
+    # take the SVQB path (normally reserved to larger matrices than these).
+    monkeypatch.setattr(sys.modules["sketchlinalg.comps.range_finder"], "_SVQB_MIN_SIZE", 0)
+    test_nystrom_matches_the_direct_formula("gaussian")
+    test_nystrom_exact_on_low_rank_psd("gaussian")
+    test_eigh_against_numpy_eigh(2)
 
 
 def test_nystrom_output_order_and_psd():

@@ -4,6 +4,7 @@ kind and backend, the adaptive tolerance, bad input."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -96,9 +97,16 @@ def test_other_families_within_twice_the_gaussian_bound(kind):
         assert e2 <= 2 * hmt_spectral_bound(s, K, P, q), (spectrum, q)
 
 
+@pytest.fixture
+def svqb_everywhere(monkeypatch):
+    """Let orthonormalize use SVQB on the small matrices of these tests (where it would pick
+    Householder QR for speed), so that both of its paths run under the same oracles."""
+    monkeypatch.setattr(sys.modules["sketchlinalg.comps.range_finder"], "_SVQB_MIN_SIZE", 0)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cond", [1e1, 1e3, 1e6, np.inf])
-def test_orthonormalize_both_paths(dtype, cond):
+def test_orthonormalize_both_paths(dtype, cond, svqb_everywhere):
     # SVQB where eps cond^2 <= 1e-4, Householder QR beyond (and for rank-deficient Y). Either
     # way, after two passes: Z orthonormal to O(m eps); Y = Z C with residual
     # <= eps cond ||Y|| (SVQB) or O(eps) ||Y|| (Householder), and range(Z) = range(Y) up to
@@ -118,11 +126,14 @@ def test_orthonormalize_both_paths(dtype, cond):
 
 @pytest.mark.parametrize("kind", list(sl.KINDS))
 @pytest.mark.parametrize("q", [0, 1, 3])
-def test_basis_spans_the_power_scheme_range(kind, q):
+@pytest.mark.parametrize("svqb", [False, True])
+def test_basis_spans_the_power_scheme_range(kind, q, svqb, monkeypatch):
     # Oracle: Q spans range((A A^T)^q A Omega) with Omega = S^T from the same seed, formed
     # directly in float64. Singular values in [1, 2] keep that product's condition number
     # below 2^(2q+1) cond(A Omega), so the two projectors agree to ~1e3 eps; a wrong q or a
     # wrong test matrix gives an O(1) difference.
+    if svqb:
+        monkeypatch.setattr(sys.modules["sketchlinalg.comps.range_finder"], "_SVQB_MIN_SIZE", 0)
     A = matrix_with_spectrum(M_ROWS, N_COLS, np.linspace(1, 2, N_COLS), rng=30)
     l = K + P
     Y = A @ (sl.sketch(kind, l, N_COLS, rng=31).T @ np.eye(l))

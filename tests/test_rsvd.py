@@ -4,6 +4,8 @@ decaying spectra, every input kind and backend, float32, bad input."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -54,6 +56,15 @@ def test_singular_values_against_exact_svd(spectrum, q):
         if spectrum == "fast":  # a gap s_k / s_{k+1} > 1.3: the truncation is well-posed
             assert_close((U * s) @ Vh, (Q @ X[:, :K] * sx[:K]) @ Yh[:K], factor=1e3,
                          scale=s_true[0])
+
+
+def test_svqb_path_against_exact_svd(monkeypatch):
+    # The same Weyl and projection oracles with every orthonormalization allowed to take the
+    # SVQB path (normally reserved to larger matrices): its extra error is bounded by
+    # 1e-4 sigma_l, far below the residual here.
+    monkeypatch.setattr(sys.modules["sketchlinalg.comps.range_finder"], "_SVQB_MIN_SIZE", 0)
+    test_singular_values_against_exact_svd("slow", 2)
+    test_exact_on_low_rank_matrices()
 
 
 def test_fast_decay_with_power_iterations_matches_exact_svd_closely():
