@@ -293,6 +293,7 @@ class SENGPreconditioner:
         out: dict[torch.Tensor, torch.Tensor] = {}
         handled: set[int] = set()
         for layer in self._layers:
+            self._capture.release()  # the previous layer's calls: free them as we go
             handled.update(id(p) for p in layer.params.values())
             calls, inconsistent = self._capture.pop(layer.name)
             live = tuple(n for n, p in layer.params.items() if p.requires_grad and p in grads)
