@@ -27,6 +27,7 @@ from torch import nn
 import sketchlinalg as sl
 
 from ._capture import leading
+from .optimizer import SENG
 from .preconditioner import Damping, SENGPreconditioner, UpdateFreq, _Layer
 from .routes.persample import REPRESENTATIONS, PerSampleGrads
 
@@ -58,7 +59,7 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
 
         dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=5))
         model = Net().cuda()                    # not wrapped in DDP
-        # same initial weights everywhere: same seed, or broadcast them once
+        # rank 0's initial weights are broadcast at construction
         pre = DistributedSENGPreconditioner(model, damping=1.0, mode="global")
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         for x, y in loader:                     # a DistributedSampler shard per rank
@@ -80,6 +81,9 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
     bucket_cap_mb : float
         Gradients are flattened into buffers of at most this many MiB per all-reduce (as
         DDP's ``bucket_cap_mb``). Default 25.
+    broadcast_parameters : bool
+        Overwrite every rank's parameters and buffers with rank 0's at construction (as
+        ``DistributedDataParallel`` does), so the replicas start identical. Default True.
     **options
         Further keyword arguments of :class:`~seng.SENGPreconditioner`. ``rng`` is taken
         from rank 0 (its seed is broadcast), so sketches agree on every rank.
@@ -121,6 +125,7 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         mode: str = "global",
         process_group: Any = None,
         bucket_cap_mb: float = 25.0,
+        broadcast_parameters: bool = True,
         **options: Any,
     ) -> None:
         if mode not in MODES:
@@ -145,11 +150,17 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         self._sizes: dict[str, list[int]] = {}
         self.comm_log: list[tuple[str, int]] = []
         self.counters["skipped_steps"] = 0
+        if not isinstance(broadcast_parameters, bool):
+            raise TypeError("broadcast_parameters must be a bool, got "
+                            f"{type(broadcast_parameters).__name__}")
         if self.world > 1:
             seed = torch.tensor([self._seed], dtype=torch.int64, device=self._device)
-            src = 0 if process_group is None else dist.get_global_rank(process_group, 0)
-            self._collective("broadcast", seed, lambda: dist.broadcast(seed, src, group=self.group))
+            self._broadcast(seed)
             self._seed = int(seed.item())
+            if broadcast_parameters:
+                with torch.no_grad():
+                    for t in [*model.parameters(), *model.buffers()]:
+                        self._broadcast(t.data)
 
     # -- public API ------------------------------------------------------------------------
     @torch.no_grad()
@@ -318,6 +329,11 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
                 out_flags = buf[offset:]
         return reduced, out_flags  # type: ignore[return-value]
 
+    def _broadcast(self, buf: torch.Tensor) -> None:
+        """Overwrite ``buf`` with rank 0's (of the group)."""
+        src = 0 if self.group is None else dist.get_global_rank(self.group, 0)
+        self._collective("broadcast", buf, lambda: dist.broadcast(buf, src, group=self.group))
+
     def _all_reduce(self, buf: torch.Tensor) -> None:
         if self.world > 1:
             self._collective("all_reduce", buf, lambda: dist.all_reduce(buf, group=self.group))
@@ -359,6 +375,51 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         counters = dict(base.get("counters", {}))
         counters.setdefault("skipped_steps", 0)
         super().load_state_dict({**base, "counters": counters})
+
+
+class DistributedSENG(SENG):
+    r"""The :class:`~seng.SENG` optimizer (momentum, weight decay) on ``torch.distributed``.
+
+    ``SENG`` whose preconditioner is a :class:`DistributedSENGPreconditioner`: its
+    :meth:`step` reduces the gradients itself (do not wrap the model in
+    ``DistributedDataParallel``), so it is a collective every rank must call. When some rank
+    saw a NaN/Inf gradient the step changes nothing on any rank (parameters and momentum)
+    and ``optimizer.preconditioner.counters["skipped_steps"]`` grows. Weight decay is added
+    to each rank's gradient before the reduction (every rank holds the same weights, so the
+    average is unchanged).
+
+    Parameters
+    ----------
+    model, lr, momentum, weight_decay, damping, update_freq :
+        As in :class:`~seng.SENG`.
+    mode, process_group, bucket_cap_mb, broadcast_parameters :
+        As in :class:`DistributedSENGPreconditioner`.
+    **preconditioner_options
+        Further keyword arguments of :class:`~seng.SENGPreconditioner`.
+
+    Save ``optimizer.state_dict()`` from rank 0; it loads on any number of ranks.
+    """
+
+    _preconditioner_type = DistributedSENGPreconditioner
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        damping: Damping = 1.0,
+        update_freq: UpdateFreq = 10,
+        *,
+        mode: str = "global",
+        process_group: Any = None,
+        bucket_cap_mb: float = 25.0,
+        broadcast_parameters: bool = True,
+        **preconditioner_options: Any,
+    ) -> None:
+        super().__init__(model, lr, momentum, weight_decay, damping, update_freq, mode=mode,
+                         process_group=process_group, bucket_cap_mb=bucket_cap_mb,
+                         broadcast_parameters=broadcast_parameters, **preconditioner_options)
 
 
 class _GatheredSketch(PerSampleGrads):

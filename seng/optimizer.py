@@ -49,6 +49,8 @@ class SENG(torch.optim.Optimizer):
         ``grad_scaler``).
     """
 
+    _preconditioner_type: type[SENGPreconditioner] = SENGPreconditioner
+
     def __init__(
         self,
         model: nn.Module,
@@ -67,7 +69,7 @@ class SENG(torch.optim.Optimizer):
             raise ValueError(f"Invalid momentum value: {momentum} (must be in [0, 1))")
         if not _hyper._is_real(weight_decay) or not weight_decay >= 0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
-        self.preconditioner = SENGPreconditioner(
+        self.preconditioner = self._preconditioner_type(
             model, damping=damping, update_freq=update_freq, **preconditioner_options)
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
         super().__init__(model.parameters(), defaults)
@@ -86,6 +88,8 @@ class SENG(torch.optim.Optimizer):
                     g = p.grad
                     grads[p] = g.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else g
         directions = self.preconditioner.precondition(grads)
+        if directions is None:  # skipped on every rank (seng.distributed)
+            return loss
         for group in self.param_groups:
             for p in group["params"]:
                 d = directions.get(p)

@@ -18,8 +18,8 @@ from seng_oracle import block_rows, dense_direction, full_grad, per_sample_grads
 from torch import nn
 
 from helpers import assert_close
-from seng import SENGPreconditioner
-from seng.distributed import DistributedSENGPreconditioner
+from seng import SENG, SENGPreconditioner
+from seng.distributed import DistributedSENG, DistributedSENGPreconditioner
 
 WORLD = 2
 N_LOCAL = 6
@@ -109,6 +109,7 @@ def _worker(rank, init, out_dir):
         torch.set_num_threads(1)
         results = {name: _train_rank(rank, os.path.join(out_dir, name), **config)
                    for name, config in SCENARIOS.items()}
+        results["optimizer"] = _optimizer_rank(rank)
         results["timeout"] = _timeout_rank(rank)
         dist.barrier()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -136,6 +137,41 @@ def _train_rank(rank, ckpt, *, mode, conv, steps, options, nan_step=None, save_a
 
     record += run_steps(model, pre, opt, data, reduction, corrupt)
     return {"record": record, "counters": dict(pre.counters)}
+
+
+OPTIMIZER = dict(lr=0.1, momentum=0.9, weight_decay=0.01, damping=0.5, update_freq=2)
+OPTIMIZER_STEPS, OPTIMIZER_NAN_STEP = 4, 2
+
+
+def _optimizer_steps(model, opt, data, corrupt=None):
+    """DistributedSENG/SENG steps: the parameters after each step."""
+    params = []
+    for k, (x, y) in enumerate(data):
+        opt.zero_grad()
+        loss_of(model, x, y).backward()
+        if corrupt is not None:
+            corrupt(k, model)
+        opt.step()
+        params.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    return params
+
+
+def _optimizer_rank(rank):
+    """DistributedSENG from different initial weights (rank 1 perturbed: the broadcast at
+    construction must undo it), with a NaN on rank 1 at one step."""
+    model = make_model(False)
+    if rank == 1:
+        with torch.no_grad():
+            model.fc1.weight.add_(1.0)
+    opt = DistributedSENG(model, **OPTIMIZER)
+
+    def corrupt(k, model):
+        if k == OPTIMIZER_NAN_STEP and rank == 1:
+            model.fc2.bias.grad[0] = float("inf")
+
+    data = [shard(b, rank) for b in batches(OPTIMIZER_STEPS, False)]
+    return {"params": _optimizer_steps(model, opt, data, corrupt),
+            "counters": dict(opt.preconditioner.counters)}
 
 
 def _timeout_rank(rank):
@@ -168,7 +204,8 @@ def runs(tmp_path_factory):
                 p.kill()
             pytest.fail(f"the {WORLD} processes hung for {2 * TIMEOUT_S} s")
     per_rank = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    results = {name: [r[name] for r in per_rank] for name in [*SCENARIOS, "timeout"]}
+    results = {name: [r[name] for r in per_rank]
+               for name in [*SCENARIOS, "optimizer", "timeout"]}
     results["checkpoint-file"] = torch.load(out / "checkpoint.pt", weights_only=False)
     return results
 
@@ -263,6 +300,24 @@ def test_checkpoint_from_two_ranks_resumes_on_one(runs):
         _check_same(res["record"][save_after:], record)
 
 
+def test_distributed_seng_optimizer_equals_seng_on_concatenated_batch(runs):
+    """Rank 1 started from other weights: the broadcast makes both rank 0's, and the
+    optimizer (momentum, weight decay) follows one SENG process; the NaN step changes
+    nothing, so the reference simply never sees that batch."""
+    b = batches(OPTIMIZER_STEPS, False)
+    model = make_model(False)
+    want = _optimizer_steps(model, SENG(model, **OPTIMIZER),
+                            [b[k] for k in range(OPTIMIZER_STEPS) if k != OPTIMIZER_NAN_STEP])
+    want.insert(OPTIMIZER_NAN_STEP, want[OPTIMIZER_NAN_STEP - 1])
+    for res in runs["optimizer"]:
+        assert res["counters"]["skipped_steps"] == 1
+        assert all(torch.equal(res["params"][OPTIMIZER_NAN_STEP][n],
+                               res["params"][OPTIMIZER_NAN_STEP - 1][n]) for n in want[0])
+        for got, ref in zip(res["params"], want, strict=True):
+            for n in ref:  # float64, as _check_same
+                assert_close(got[n], ref[n], factor=1e5)
+
+
 def test_missing_rank_times_out_with_a_clear_error(runs):
     message = runs["timeout"][0]
     assert message.startswith("seng.distributed: all_reduce")
@@ -277,3 +332,7 @@ def test_invalid_arguments():
         DistributedSENGPreconditioner(model, bucket_cap_mb=0)
     with pytest.raises(ValueError, match="process_group"):
         DistributedSENGPreconditioner(model, process_group=object())
+    with pytest.raises(TypeError, match="broadcast_parameters"):
+        DistributedSENGPreconditioner(model, broadcast_parameters=1)
+    with pytest.raises(ValueError, match="mode"):
+        DistributedSENG(model, lr=0.1, mode="sync")
