@@ -32,6 +32,7 @@ from .preconditioner import Damping, SENGPreconditioner, UpdateFreq, _Layer
 from .routes.persample import REPRESENTATIONS, PerSampleGrads
 
 MODES = ("global", "local")
+FACTORS = ("replicated", "sharded")
 
 
 class DistributedSENGPreconditioner(SENGPreconditioner):
@@ -53,7 +54,10 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
     global Fisher and communicates exactly one all-reduce of the gradient size per step;
     ``global`` is the SENG direction of the global batch (Yang et al. 2022, Section 3) and
     adds, on curvature steps only, one all-gather of each layer's per-sample factors (the
-    compact form the layer's route starts from).
+    compact form the layer's route starts from). With ``factors="sharded"``, layers on a
+    sketch route gather only their sketches ``S U_r`` (at most ``N s`` numbers per layer)
+    and keep ``U_r`` on its rank; ``U^T g`` and ``U \alpha`` then cost, on every step, an
+    all-gather of ``N`` numbers and an all-reduce of the layer's gradient size.
 
     Recipe (``torchrun --nproc-per-node W script.py``)::
 
@@ -84,6 +88,15 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
     broadcast_parameters : bool
         Overwrite every rank's parameters and buffers with rank 0's at construction (as
         ``DistributedDataParallel`` does), so the replicas start identical. Default True.
+    factors : {"replicated", "sharded"}
+        Global mode, layers on a sketch route (``sketch=`` a family, or a per-layer route):
+        gather every rank's exact compact factors on curvature steps, so that each rank
+        holds the whole ``U`` and a step needs no communication beyond the gradient
+        all-reduce (``"replicated"``, the default); or gather only the sketches and keep
+        each rank's factors local (``"sharded"``: fewer bytes on curvature steps, less
+        memory per rank, two more collectives per sketched layer on every step). Both give
+        the direction of one process on the global batch. Exact, low-rank and ``"auto"``
+        layers are always replicated.
     **options
         Further keyword arguments of :class:`~seng.SENGPreconditioner`. ``rng`` is taken
         from rank 0 (its seed is broadcast), so sketches agree on every rank.
@@ -110,7 +123,8 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
     **Checkpoints.** In global mode the state is replicated; in local mode each rank's
     curvature differs. Either way save rank 0's :meth:`state_dict` (on rank 0 only); it
     loads on any number of ranks (the curvature of rank 0 seeds every rank until the next
-    refresh in local mode) and in a single process.
+    refresh in local mode) and in a single process. A sharded curvature is not saved (rank
+    0 holds a part of ``U``): its layers refresh on the first step after loading.
 
     **Communication.** :attr:`comm_log` lists ``(operation, payload bytes)`` of every
     collective this object issued in the last step.
@@ -126,16 +140,24 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         process_group: Any = None,
         bucket_cap_mb: float = 25.0,
         broadcast_parameters: bool = True,
+        factors: str = "replicated",
         **options: Any,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"Invalid mode value: {mode!r} (valid: 'global', 'local')")
+        if factors not in FACTORS:
+            raise ValueError(f"Invalid factors value: {factors!r} (valid: 'replicated', "
+                             "'sharded')")
+        if factors == "sharded" and mode != "global":
+            raise ValueError("factors='sharded' applies to mode='global' only (local mode "
+                             "never gathers factors)")
         if (isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float))
                 or not math.isfinite(bucket_cap_mb) or bucket_cap_mb <= 0):
             raise ValueError(f"Invalid bucket_cap_mb value: {bucket_cap_mb} "
                              "(must be a finite number > 0)")
         super().__init__(model, damping, update_freq, **options)
         self.mode = mode
+        self.factors = factors
         self.group = process_group
         self.bucket_bytes = int(bucket_cap_mb * 2**20)
         if dist.is_available() and dist.is_initialized():
@@ -278,7 +300,7 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         state[key] = state[key] * math.sqrt(rep.n / sum(sizes))
         rep = REPRESENTATIONS[rep.kind].from_state(state, self._device)
         if layer.route in sl.KINDS:
-            return _GatheredSketch(self, rep, sizes)
+            return _GatheredSketch(self, rep, sizes, sharded=self.factors == "sharded")
         return self._gather_rep(rep.compact() if layer.route == "exact" else rep, sizes)
 
     def _gather_rep(self, rep: PerSampleGrads, sizes: list[int]) -> PerSampleGrads:
@@ -362,16 +384,22 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The base state plus ``mode`` and ``world_size`` (informational: it loads on any
-        number of ranks). Save it from rank 0."""
-        return {**super().state_dict(), "mode": self.mode, "world_size": self.world}
+        """The base state plus ``mode``, ``factors`` and ``world_size`` (informational: it
+        loads on any number of ranks). Save it from rank 0. A sharded curvature (only this
+        rank's factors) is not saved: its layer is marked to refresh at the first step after
+        loading."""
+        state = super().state_dict()
+        for layer in self._layers:
+            if layer.curvature is not None and isinstance(layer.curvature.store, _ShardedStore):
+                state["layers"][layer.name].update(curvature=None, needs_refresh=True)
+        return {**state, "mode": self.mode, "factors": self.factors, "world_size": self.world}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` saved with any number of ranks (or by the base
         class)."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
-        base = {k: v for k, v in state.items() if k not in ("mode", "world_size")}
+        base = {k: v for k, v in state.items() if k not in ("mode", "factors", "world_size")}
         counters = dict(base.get("counters", {}))
         counters.setdefault("skipped_steps", 0)
         super().load_state_dict({**base, "counters": counters})
@@ -392,7 +420,7 @@ class DistributedSENG(SENG):
     ----------
     model, lr, momentum, weight_decay, damping, update_freq :
         As in :class:`~seng.SENG`.
-    mode, process_group, bucket_cap_mb, broadcast_parameters :
+    mode, process_group, bucket_cap_mb, broadcast_parameters, factors :
         As in :class:`DistributedSENGPreconditioner`.
     **preconditioner_options
         Further keyword arguments of :class:`~seng.SENGPreconditioner`.
@@ -415,20 +443,23 @@ class DistributedSENG(SENG):
         process_group: Any = None,
         bucket_cap_mb: float = 25.0,
         broadcast_parameters: bool = True,
+        factors: str = "replicated",
         **preconditioner_options: Any,
     ) -> None:
         super().__init__(model, lr, momentum, weight_decay, damping, update_freq, mode=mode,
                          process_group=process_group, bucket_cap_mb=bucket_cap_mb,
-                         broadcast_parameters=broadcast_parameters, **preconditioner_options)
+                         broadcast_parameters=broadcast_parameters, factors=factors,
+                         **preconditioner_options)
 
 
 class _GatheredSketch(PerSampleGrads):
     """The global batch as the sketched route sees it: :meth:`sketch` gathers every rank's
-    sketch, :meth:`compact` every rank's exact compact form (two all-gathers per tensor)."""
+    sketch; :meth:`compact` gathers every rank's exact compact form, or with ``sharded``
+    keeps it on its rank (:class:`_ShardedStore`)."""
 
     def __init__(self, owner: DistributedSENGPreconditioner, local: PerSampleGrads,
-                 sizes: list[int]) -> None:
-        self.owner, self.local, self.sizes = owner, local, sizes
+                 sizes: list[int], sharded: bool) -> None:
+        self.owner, self.local, self.sizes, self.sharded = owner, local, sizes, sharded
         self.kind = local.kind
         self.n = sum(sizes)
         self.block_shape = local.block_shape
@@ -437,4 +468,38 @@ class _GatheredSketch(PerSampleGrads):
         return self.owner._gather_rep(self.local.sketch(kind, size, rng).compact(), self.sizes)
 
     def compact(self) -> PerSampleGrads:
+        if self.sharded:
+            return _ShardedStore(self.owner, self.local.compact(), self.sizes)
         return self.owner._gather_rep(self.local.compact(), self.sizes)
+
+
+class _ShardedStore(PerSampleGrads):
+    r"""``U = [U_0, ..., U_{W-1}]`` with only this rank's block ``U_r`` held here.
+
+    ``U^T g`` all-gathers the ``U_r^T g`` (``N`` numbers); ``U \alpha`` all-reduces
+    ``U_r \alpha_r`` (the layer's gradient size). Both are collectives: every rank calls them
+    in the same order, which holds because the state that decides them is replicated.
+    """
+
+    def __init__(self, owner: DistributedSENGPreconditioner, local: PerSampleGrads,
+                 sizes: list[int]) -> None:
+        self.owner, self.local, self.sizes = owner, local, sizes
+        self.kind = "sharded-" + local.kind
+        self.n = sum(sizes)
+        self.block_shape = local.block_shape
+        self.offset = sum(sizes[:owner.rank])
+
+    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
+        return self.owner._all_gather_rows(self.local.rmatvec(g), self.sizes)
+
+    def matvec(self, alpha: torch.Tensor) -> torch.Tensor:
+        part = alpha[self.offset:self.offset + self.local.n]
+        out = self.local.matvec(part).clone(memory_format=torch.contiguous_format)
+        self.owner._all_reduce(out)
+        return out
+
+    def apply_flops(self) -> float:
+        return self.local.apply_flops()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self.local.tensors()

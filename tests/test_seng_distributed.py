@@ -89,6 +89,9 @@ SCENARIOS = {
                               options={"damping": 0.5, "update_freq": 2}),
     "global-conv-gaussian-sketch": dict(mode="global", conv=True, steps=4, options={
         "damping": 0.5, "update_freq": 1, "sketch": "gaussian", "sketch_size": 6}),
+    "global-conv-countsketch-sharded": dict(mode="global", conv=True, steps=4, factors="sharded",
+                                            options={"damping": 0.5, "update_freq": 2,
+                                                     "sketch": "countsketch", "sketch_size": 6}),
     "global-mlp-sum-loss": dict(mode="global", conv=False, steps=4, options={
         "damping": 0.5, "update_freq": 1, "loss_reduction": "sum"}),
     "local-mlp": dict(mode="local", conv=False, steps=2,
@@ -99,6 +102,10 @@ SCENARIOS = {
                       options={"damping": 0.5, "update_freq": 2}),
     "checkpoint": dict(mode="global", conv=False, steps=5, save_after=3,
                        options={"damping": 0.5, "update_freq": 2}),
+    "checkpoint-sharded": dict(mode="global", conv=False, steps=5, save_after=3,
+                               factors="sharded", options={
+                                   "damping": 0.5, "update_freq": 2, "sketch": "gaussian",
+                                   "sketch_size": 8}),
 }
 
 
@@ -117,9 +124,19 @@ def _worker(rank, init, out_dir):
         dist.destroy_process_group()
 
 
-def _train_rank(rank, ckpt, *, mode, conv, steps, options, nan_step=None, save_after=None):
+def _train_rank(rank, ckpt, *, mode, conv, steps, options, nan_step=None, save_after=None,
+                factors="replicated"):
     model = make_model(conv)
-    pre = DistributedSENGPreconditioner(model, mode=mode, **options)
+    pre = DistributedSENGPreconditioner(model, mode=mode, factors=factors, **options)
+    comm = []
+    step = pre.step
+
+    def logged_step():
+        applied = step()
+        comm.append(list(pre.comm_log))
+        return applied
+
+    pre.step = logged_step
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     data = [shard(b, rank) for b in batches(steps, conv)]
     reduction = options.get("loss_reduction", "mean")
@@ -136,7 +153,7 @@ def _train_rank(rank, ckpt, *, mode, conv, steps, options, nan_step=None, save_a
             model.fc1.weight.grad[0, 0] = float("nan")
 
     record += run_steps(model, pre, opt, data, reduction, corrupt)
-    return {"record": record, "counters": dict(pre.counters)}
+    return {"record": record, "counters": dict(pre.counters), "comm": comm}
 
 
 OPTIMIZER = dict(lr=0.1, momentum=0.9, weight_decay=0.01, damping=0.5, update_freq=2)
@@ -206,7 +223,8 @@ def runs(tmp_path_factory):
     per_rank = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     results = {name: [r[name] for r in per_rank]
                for name in [*SCENARIOS, "optimizer", "timeout"]}
-    results["checkpoint-file"] = torch.load(out / "checkpoint.pt", weights_only=False)
+    for name in ("checkpoint", "checkpoint-sharded"):
+        results[name + "-file"] = torch.load(out / f"{name}.pt", weights_only=False)
     return results
 
 
@@ -237,6 +255,33 @@ def test_global_equals_one_process_on_concatenated_batch(runs, name):
     for res in runs[name]:
         _check_same(res["record"], want)
         assert res["counters"]["curvature_updates"] > 0
+
+
+def test_sharded_factors_gather_only_sketches(runs):
+    """Sharded: a curvature step gathers each sketched layer's s x N sketch (the compact
+    sketch of a Kronecker layer can be smaller) and N numbers per U^T g; every step adds one
+    all-reduce of U alpha per layer. Replicated: a curvature step gathers the factors too."""
+    config = SCENARIOS["global-conv-countsketch-sharded"]
+    s, n = config["options"]["sketch_size"], N_LOCAL
+    model = make_model(True)
+    sizes = [p.numel() * 8 for p in model.parameters()]  # float64
+    layer_bytes = [sizes[0] + sizes[1], sizes[2] + sizes[3], sizes[4] + sizes[5]]
+    for res in runs["global-conv-countsketch-sharded"]:
+        for k, log in enumerate(res["comm"]):
+            gathers = [b for op, b in log if op == "all_gather"]
+            reduces = [b for op, b in log if op == "all_reduce"]
+            assert reduces[0] >= sum(sizes) and sorted(reduces[1:]) == sorted(layer_bytes)
+            rmatvec = [b for b in gathers if b == n * 8]
+            assert len(rmatvec) >= 3  # one U^T g per layer
+            sketches = list(gathers)
+            for b in rmatvec[:3]:
+                sketches.remove(b)
+            if k % 2 == 0:  # curvature steps: one sketch per layer, at most n s floats
+                assert len(sketches) == 3 and all(b <= n * s * 8 for b in sketches)
+            else:
+                assert sketches == []
+    for res in runs["global-conv-gaussian-sketch"]:  # replicated: the factors as well
+        assert max(b for op, b in res["comm"][0] if op == "all_gather") > n * 6 * 8
 
 
 def test_local_equals_dense_block_jacobi(runs):
@@ -316,6 +361,26 @@ def test_distributed_seng_optimizer_equals_seng_on_concatenated_batch(runs):
         for got, ref in zip(res["params"], want, strict=True):
             for n in ref:  # float64, as _check_same
                 assert_close(got[n], ref[n], factor=1e5)
+
+
+def test_sharded_checkpoint_refreshes_after_loading(runs):
+    """A sharded curvature holds one rank's factors: it is not saved, and the first step
+    after loading (here on one process) refreshes it, as a fresh one-process run would."""
+    config = SCENARIOS["checkpoint-sharded"]
+    ckpt, save_after = runs["checkpoint-sharded-file"], config["save_after"]
+    assert ckpt["pre"]["factors"] == "sharded"
+    assert all(s["curvature"] is None and s["needs_refresh"]
+               for s in ckpt["pre"]["layers"].values())
+    model = make_model(False)
+    model.load_state_dict(ckpt["model"])
+    pre = DistributedSENGPreconditioner(model, mode="global", **config["options"])
+    pre.load_state_dict(ckpt["pre"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt.load_state_dict(ckpt["opt"])
+    before = pre.counters["curvature_updates"]
+    batch = batches(config["steps"], False)[save_after]
+    run_steps(model, pre, opt, [batch], "mean")
+    assert pre.counters["curvature_updates"] == before + 2  # both layers, at step 3
 
 
 def test_missing_rank_times_out_with_a_clear_error(runs):
