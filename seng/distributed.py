@@ -16,6 +16,7 @@ locally: faults and per-layer capture status travel in the gradient buffer itsel
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -309,6 +310,41 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
             state[name] = self._all_gather_rows(t, sizes)
         return REPRESENTATIONS[rep.kind].from_state(state, self._device)
 
+    # -- sharded factors ----------------------------------------------------------------
+    def _defer(self, layer: _Layer, live: tuple[str, ...]) -> bool:
+        c = layer.curvature
+        return c is not None and layer.live == live and isinstance(c.store, _ShardedStore)
+
+    def _deferred_directions(self, layers: list[_Layer], blocks: list[torch.Tensor],
+                             damping: float) -> list[torch.Tensor]:
+        r"""The directions of the layers whose ``U`` is sharded, with two collectives for
+        all of them: ``U^T g`` stacks each rank's ``U_r^T g`` (one all-gather), and
+        ``U \alpha = \sum_r U_r \alpha_r`` (one all-reduce). The layers, their order and
+        their curvature are the same on every rank (replicated state)."""
+        stores = [layer.curvature.store for layer in layers]
+        dtype = functools.reduce(torch.promote_types, [b.dtype for b in blocks])
+        local = torch.cat([st.local.rmatvec(b).to(dtype) for st, b in zip(stores, blocks,
+                                                                         strict=True)])
+        per_rank = [sum(st.sizes[r] for st in stores) for r in range(self.world)]
+        parts = torch.split(self._all_gather_rows(local, per_rank), per_rank)
+        pieces = [torch.split(part, [st.sizes[r] for st in stores])
+                  for r, part in enumerate(parts)]
+        out, fallbacks = [], []
+        for i, (layer, st, b) in enumerate(zip(layers, stores, blocks, strict=True)):
+            factor, fallback = layer.curvature.factor(damping)
+            v = torch.cat([pieces[r][i] for r in range(self.world)])
+            alpha = factor.solve(v.to(layer.curvature.gram.dtype)).to(b.dtype)
+            mine = alpha[st.offset:st.offset + st.local.n]
+            out.append(st.local.matvec(mine).reshape(-1))
+            fallbacks.append(fallback)
+        flat = torch.cat([o.to(dtype) for o in out])
+        self._all_reduce(flat)
+        u_alpha = torch.split(flat, [o.numel() for o in out])
+        return [self._accept(layer, ((b - ua.reshape(b.shape).to(b.dtype)) / damping),
+                             fallback, b, damping)
+                for layer, b, ua, fallback in zip(layers, blocks, u_alpha, fallbacks,
+                                                  strict=True)]
+
     # -- collectives -----------------------------------------------------------------------
     def _reduce(self, params: list[nn.Parameter], values: list[torch.Tensor | None],
                 flags: list[float]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -474,29 +510,16 @@ class _GatheredSketch(PerSampleGrads):
 
 
 class _ShardedStore(PerSampleGrads):
-    r"""``U = [U_0, ..., U_{W-1}]`` with only this rank's block ``U_r`` held here.
-
-    ``U^T g`` all-gathers the ``U_r^T g`` (``N`` numbers); ``U \alpha`` all-reduces
-    ``U_r \alpha_r`` (the layer's gradient size). Both are collectives: every rank calls them
-    in the same order, which holds because the state that decides them is replicated.
-    """
+    r"""``U = [U_0, \dots, U_{W-1}]`` with only this rank's block ``U_r`` (``local``) held
+    here; :meth:`DistributedSENGPreconditioner._deferred_directions` applies it."""
 
     def __init__(self, owner: DistributedSENGPreconditioner, local: PerSampleGrads,
                  sizes: list[int]) -> None:
-        self.owner, self.local, self.sizes = owner, local, sizes
+        self.local, self.sizes = local, sizes
         self.kind = "sharded-" + local.kind
         self.n = sum(sizes)
         self.block_shape = local.block_shape
         self.offset = sum(sizes[:owner.rank])
-
-    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
-        return self.owner._all_gather_rows(self.local.rmatvec(g), self.sizes)
-
-    def matvec(self, alpha: torch.Tensor) -> torch.Tensor:
-        part = alpha[self.offset:self.offset + self.local.n]
-        out = self.local.matvec(part).clone(memory_format=torch.contiguous_format)
-        self.owner._all_reduce(out)
-        return out
 
     def apply_flops(self) -> float:
         return self.local.apply_flops()

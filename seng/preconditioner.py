@@ -291,6 +291,7 @@ class SENGPreconditioner:
         refresh = self._refresh_due(k, self._last_update)
         next_freq = _hyper.update_freq_at(self.update_freq, k + 1)
         out: dict[torch.Tensor, torch.Tensor] = {}
+        deferred: list[tuple[_Layer, torch.Tensor, tuple[str, ...], dict[str, Any]]] = []
         handled: set[int] = set()
         for layer in self._layers:
             self._capture.release()  # the previous layer's calls: free them as we go
@@ -307,9 +308,19 @@ class SENGPreconditioner:
                 continue
             if refresh or layer.needs_refresh:
                 self._refresh(layer, calls, inconsistent, live, k)
-            d = self._direction(layer, block.to(_work_dtype(block.dtype)), live, damping)
+            work = block.to(_work_dtype(block.dtype))
+            if self._defer(layer, live):
+                deferred.append((layer, work, live, named))
+                continue
+            d = self._direction(layer, work, live, damping)
             for n, t in layer.helper.block_to_grads(d, live).items():
                 out[layer.params[n]] = t.to(named[n].dtype)
+        if deferred:
+            blocks = [work for _, work, _, _ in deferred]
+            directions = self._deferred_directions([x[0] for x in deferred], blocks, damping)
+            for (layer, _, live, named), d in zip(deferred, directions, strict=True):
+                for n, t in layer.helper.block_to_grads(d, live).items():
+                    out[layer.params[n]] = t.to(named[n].dtype)
         for p, g in grads.items():
             values = g.coalesce().values() if g.is_sparse else g
             if id(p) not in handled and bool(torch.isfinite(values).all()):
@@ -365,24 +376,40 @@ class SENGPreconditioner:
     def _direction(self, layer: _Layer, block: torch.Tensor, live: tuple[str, ...],
                    damping: float) -> torch.Tensor:
         if layer.curvature is not None and layer.live == live:
-            d, fallback = layer.curvature.direction(block, damping)
-            if fallback:
-                self._count("solve_fallbacks", f"Cholesky of the damped Gram of layer "
-                            f"{layer.name!r} failed; solved with its spectrum clipped at the "
-                            "damping")
-            if bool(torch.isfinite(d).all()):
-                layer.needs_refresh = False
-                return d
-            self._count("skipped_updates", f"NaN/Inf in the direction of layer {layer.name!r}: "
-                        "its curvature is dropped and refreshed on the next step")
-            layer.curvature = None
-        else:
-            self._count("missing_curvature", f"layer {layer.name!r} has a gradient but no "
-                        "curvature (nothing captured: eval mode, no_grad, or a new set of "
-                        "trainable parameters); it gets g / (1 + damping) until the next "
-                        "capture")
+            return self._accept(layer, *layer.curvature.direction(block, damping), block, damping)
+        self._count("missing_curvature", f"layer {layer.name!r} has a gradient but no "
+                    "curvature (nothing captured: eval mode, no_grad, or a new set of "
+                    "trainable parameters); it gets g / (1 + damping) until the next "
+                    "capture")
         layer.needs_refresh = True
         return block / (1.0 + damping)
+
+    def _accept(self, layer: _Layer, d: torch.Tensor, fallback: bool, block: torch.Tensor,
+                damping: float) -> torch.Tensor:
+        """``d``, the direction from ``layer``'s curvature, if finite; otherwise drop the
+        curvature and return ``block / (1 + damping)``."""
+        if fallback:
+            self._count("solve_fallbacks", f"Cholesky of the damped Gram of layer "
+                        f"{layer.name!r} failed; solved with its spectrum clipped at the "
+                        "damping")
+        if bool(torch.isfinite(d).all()):
+            layer.needs_refresh = False
+            return d
+        self._count("skipped_updates", f"NaN/Inf in the direction of layer {layer.name!r}: "
+                    "its curvature is dropped and refreshed on the next step")
+        layer.curvature = None
+        layer.needs_refresh = True
+        return block / (1.0 + damping)
+
+    def _defer(self, layer: _Layer, live: tuple[str, ...]) -> bool:
+        """Whether ``layer``'s direction is left to :meth:`_deferred_directions`, computed
+        for all such layers together after the others (the data-parallel subclass batches
+        their collectives)."""
+        return False
+
+    def _deferred_directions(self, layers: list[_Layer], blocks: list[torch.Tensor],
+                             damping: float) -> list[torch.Tensor]:
+        raise NotImplementedError
 
     def _refresh_due(self, k: int, last: int | None, freq: int | None = None) -> bool:
         if last is None:

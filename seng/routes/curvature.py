@@ -37,13 +37,19 @@ class Curvature:
         or the clipped eigendecomposition when Cholesky fails) and reused while ``damping``
         is unchanged.
         """
+        factor, fallback = self.factor(damping)
+        v = self.store.rmatvec(g).to(self.gram.dtype)
+        alpha = factor.solve(v).to(g.dtype)
+        return (g - self.store.matvec(alpha)) / damping, fallback
+
+    def factor(self, damping: float) -> tuple[sl.DampedGramFactor, bool]:
+        """The factorization of ``gram + damping I`` (cached while ``damping`` is unchanged)
+        and whether it was computed now by the eigendecomposition fallback."""
         fallback = False
         if self._factor is None or self._factor.lam != damping:
             self._factor = sl.damped_gram_factor(self.gram, damping)
             fallback = self._factor.fallback
-        v = self.store.rmatvec(g).to(self.gram.dtype)
-        alpha = self._factor.solve(v).to(g.dtype)
-        return (g - self.store.matvec(alpha)) / damping, fallback
+        return self._factor, fallback
 
     @property
     def nbytes(self) -> int:
