@@ -27,7 +27,10 @@ from torch import nn
 
 from seng.distributed import DistributedSENGPreconditioner
 
-METHODS = ("ddp-sgd", "seng-local", "seng-global", "seng-global-sketch")
+SKETCH_SIZE = 256  # coordinates per layer (s)
+
+METHODS = ("ddp-sgd", "seng-local", "seng-global", "seng-global-sketch",
+           "seng-global-sharded")
 
 
 def make_model() -> nn.Module:
@@ -67,7 +70,11 @@ def run_method(method: str, rank: int, world: int, batch: int, steps: int, repea
     else:
         net = model
         mode = "local" if method == "seng-local" else "global"
-        sketch = {"sketch": "countsketch", "sketch_size": 256} if method.endswith("sketch") else {}
+        sketch = {}
+        if method in ("seng-global-sketch", "seng-global-sharded"):
+            sketch = {"sketch": "countsketch", "sketch_size": SKETCH_SIZE}
+        if method == "seng-global-sharded":
+            sketch["factors"] = "sharded"
         pre = DistributedSENGPreconditioner(model, damping=1.0, update_freq=update_freq,
                                             mode=mode, **sketch)
     g = torch.Generator().manual_seed(rank)
@@ -145,9 +152,10 @@ def allgather_time(nbytes_per_rank: float, world: int, bandwidth: float, latency
 
 
 def projection() -> list[tuple]:
-    """Rows ``(W, GB/s, all-reduce ms, global (N s) extra ms, global (impl) extra ms,
-    efficiency of DDP-SGD, local, global (N s), global (impl))``; efficiency is the time per
-    step of one GPU alone over that of W GPUs on W times the work (weak scaling)."""
+    """Rows ``(W, GB/s, all-reduce ms, extra ms of global sharded, extra ms of global
+    replicated, efficiency of DDP-SGD, local, global sharded, global replicated)``;
+    efficiency is the time per step of one GPU alone over that of W GPUs on W times the
+    work (weak scaling)."""
     # Assumptions, stated in docs/distributed.md.
     params = 25.6e6           # ResNet-50 parameters, fp32 gradients
     grad_bytes = 4 * params
@@ -167,15 +175,18 @@ def projection() -> list[tuple]:
         ar = allreduce_time(grad_bytes, world, bw, lat)  # no overlap with backward
         # global-batch curvature beyond one GPU's: Gram rows and Cholesky of N x N per layer
         gram = layers * (2 * (N**2 - n**2) * s / flops32 + (N**3 - n**3) / 3 / flops64)
-        # N s design: gather sketched rows on curvature steps, U alpha all-reduce every step
-        ns = (allgather_time(n * s * 4, world, bw, lat) * layers + gram) / update_freq + ar
-        # as implemented: gather compact exact per-sample gradients (<= n * 4 * params bytes
+        # sharded: one sketch all-gather per layer on curvature steps; every step one
+        # all-gather of U_r^T g (n numbers per layer) and one all-reduce of U alpha; the
+        # products touch the n local samples only (as on one GPU)
+        sharded = ((allgather_time(n * s * 4, world, bw, lat) * layers + gram) / update_freq
+                   + allgather_time(n * 4 * layers, world, bw, lat) + ar)
+        # replicated: gather compact exact per-sample gradients (<= n * 4 * params bytes
         # per rank) on curvature steps; U^T g and U alpha over N samples every step
-        impl = ((allgather_time(n * grad_bytes, world, bw, lat) + gram) / update_freq
-                + 4 * (N - n) * params / flops32)
-        rows.append((world, bw / 1e9, ar * 1e3, ns * 1e3, impl * 1e3, t_sgd / (t_sgd + ar),
-                     t_seng / (t_seng + ar), t_seng / (t_seng + ar + ns),
-                     t_seng / (t_seng + ar + impl)))
+        replicated = ((allgather_time(n * grad_bytes, world, bw, lat) + gram) / update_freq
+                      + 4 * (N - n) * params / flops32)
+        rows.append((world, bw / 1e9, ar * 1e3, sharded * 1e3, replicated * 1e3,
+                     t_sgd / (t_sgd + ar), t_seng / (t_seng + ar),
+                     t_seng / (t_seng + ar + sharded), t_seng / (t_seng + ar + replicated)))
     return rows
 
 
@@ -201,21 +212,21 @@ def main() -> None:
               f"{plain / ddp2['bytes_plain']:>8.5f} {r2['wire_plain']:>11.0f} "
               f"{r2.get('gather_bytes', 0):>10} {1e3 * r1['time']:>8.2f} "
               f"{1e3 * r2['time']:>8.2f} {r2['time'] / ddp2['time']:>9.2f}")
-    sk, ex = results[2]["seng-global-sketch"], results[2]["seng-global"]
-    target = args.batch * 256 * 4 * sk["layers"]
-    part = sk["gather_bytes"] - ex["gather_bytes"]
-    print(f"\nglobal-sketch (s=256 coordinates per layer, {sk['layers']} layers): a rank sends "
-          f"{sk['gather_bytes']} bytes on a curvature step = {ex['gather_bytes']} (the exact "
-          f"compact store, as seng-global) + {part} (the sketches); target n*s*4 per layer = "
-          f"{target} bytes: sketches {'met' if part <= target else 'MISSED'}, whole gather "
-          f"{'met' if sk['gather_bytes'] <= target else 'MISSED'} (see docs/distributed.md)")
+    layers = results[2]["seng-global"]["layers"]
+    target = args.batch * SKETCH_SIZE * 4
+    print(f"\ngathered on a curvature step by one rank (s={SKETCH_SIZE}, {layers} layers; "
+          f"target n*s*4 = {target} bytes per layer, {target * layers} in all):")
+    for m in ("seng-global", "seng-global-sketch", "seng-global-sharded"):
+        got = results[2][m]["gather_bytes"]
+        print(f"  {m:<20} {got:>9} bytes in {results[2][m]['gathers']} all-gathers: "
+              f"{'met' if got <= target * layers else 'MISSED'}")
     print("\nProjection, ResNet-50, 64 images per GPU (assumptions in docs/distributed.md):")
-    print(f"{'GPUs':>5} {'GB/s':>6} {'allreduce ms':>13} {'+global(N s) ms':>16} "
-          f"{'+global(impl) ms':>17} {'eff DDP-SGD':>12} {'eff local':>10} "
-          f"{'eff global(N s)':>16} {'eff global(impl)':>17}")
+    print(f"{'GPUs':>5} {'GB/s':>6} {'allreduce ms':>13} {'+sharded ms':>12} "
+          f"{'+replicated ms':>15} {'eff DDP-SGD':>12} {'eff local':>10} "
+          f"{'eff sharded':>12} {'eff replicated':>15}")
     for w, bw, ar, ga, gi, e0, e1, e2, e3 in projection():
-        print(f"{w:>5} {bw:>6.1f} {ar:>13.2f} {ga:>16.1f} {gi:>17.1f} {e0:>12.3f} "
-              f"{e1:>10.3f} {e2:>16.3f} {e3:>17.3f}")
+        print(f"{w:>5} {bw:>6.1f} {ar:>13.2f} {ga:>12.1f} {gi:>15.1f} {e0:>12.3f} "
+              f"{e1:>10.3f} {e2:>12.3f} {e3:>15.3f}")
 
 
 if __name__ == "__main__":
