@@ -46,7 +46,7 @@ def main() -> None:
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X / 16.0, dtype=torch.float32, device=device)
     y = torch.tensor(y, device=device)
-    torch.manual_seed(0)  # identical initial weights on every rank
+    torch.manual_seed(0)  # reproducible; rank 0's weights are broadcast by the preconditioner
     model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)).to(device)
     pre = DistributedSENGPreconditioner(model, damping=1.0, update_freq=5, mode=args.mode)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
