@@ -13,6 +13,7 @@ from seng._hyper import ROUTE_NAMES
 from .data import DATASETS
 from .models import MODELS
 from .optim import OPTIMIZERS, SCHEDULES
+from .parallel import WorkerError
 from .study import PRESETS, _prepare, train
 
 # train()'s keyword defaults, which _prepare needs spelled out.
@@ -26,6 +27,8 @@ examples:
   python -m seng.train --lr seng=0.05,0.1 --lr adam=0.001,0.003 --optimizers seng,adam
   python -m seng.train --data mnist --data-dir ~/data --model cnn --epochs 5
   python -m seng.train --preset cifar10-resnet18 --data-dir ~/data --device cuda
+  python -m seng.train --nproc 2 --optimizers seng,sgd   # 2 processes, global batch 64
+  torchrun --standalone --nproc-per-node 4 -m seng.train --device cuda --dist-mode local
 """
 
 
@@ -73,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sketch-size", type=int,
                    help="coordinates kept per layer, s*s for the paper's s (default 16384)")
     g.add_argument("--curvature-batch", type=int, help="samples used for the curvature")
+    g = p.add_argument_group("data-parallel")
+    g.add_argument("--nproc", type=int, metavar="N",
+                   help="spawn N processes on this host (gloo on CPU; NCCL with --device cuda, "
+                        "rank r on cuda:r); --batch-size stays the global batch and must be "
+                        "divisible by N; each worker uses cores/N threads unless --threads "
+                        "(default 1, or torchrun's WORLD_SIZE under torchrun)")
+    g.add_argument("--dist-mode", choices=["global", "local"],
+                   help="SENG's curvature with several processes: of the global batch (the "
+                        "one-process direction) or of each process's slice (default global)")
     g = p.add_argument_group("output")
     g.add_argument("--target", type=float, help="test accuracy to reach (default 0.97)")
     g.add_argument("--device", help="cpu (default), cuda, cuda:N")
@@ -133,7 +145,8 @@ def _lr(items: list[str]) -> float | list[float] | dict[str, list[float]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a study from the command line; exit status 0 on success, 2 on a bad argument."""
+    """Run a study from the command line; exit status 0 on success, 2 on a bad argument, 1
+    when a spawned worker failed (its rank and traceback on stderr)."""
     kwargs = parse(argv)
     model, data = kwargs.pop("model", "mlp"), kwargs.pop("data", "digits")
     try:
@@ -141,8 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"python -m seng.train: error: {e}", file=sys.stderr)
         return 2
-    result = study.run()
-    print(result.table)
-    if result.out is not None:
-        print(f"logs, results.md and comparison.png in {result.out}")
+    try:
+        result = study.run()
+    except WorkerError as e:
+        print(f"python -m seng.train: error: {e}", file=sys.stderr)
+        return 1
+    if study.is_main:
+        print(result.table)
+        if result.out is not None:
+            print(f"logs, results.md and comparison.png in {result.out}")
     return 0

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from seng import SENG
+from seng.distributed import DistributedSENG
 
 #: Names accepted by :func:`make_optimizer`.
 OPTIMIZERS = ("seng", "sgd", "adam", "adamw")
@@ -19,7 +20,7 @@ SCHEDULES = ("constant", "poly", "cosine", "step")
 
 def make_optimizer(name: str, model: nn.Module, lr: float, *, momentum: float = 0.9,
                    weight_decay: float = 0.0, seng_options: dict[str, Any] | None = None,
-                   seed: int = 0) -> torch.optim.Optimizer:
+                   seed: int = 0, dist_mode: str | None = None) -> torch.optim.Optimizer:
     """An optimizer by name over all of ``model``'s parameters.
 
     ``"seng"``: :class:`seng.SENG` (momentum, L2 weight decay added to the gradient before
@@ -28,11 +29,19 @@ def make_optimizer(name: str, model: nn.Module, lr: float, *, momentum: float = 
     heavy-ball momentum and L2 weight decay. ``"adam"``: Adam with L2 weight decay.
     ``"adamw"``: AdamW with decoupled weight decay (Loshchilov and Hutter 2019). Adam and
     AdamW use PyTorch's default betas (0.9, 0.999) and ignore ``momentum``.
+
+    ``dist_mode`` (``"global"`` or ``"local"``) makes ``"seng"`` a
+    :class:`seng.distributed.DistributedSENG` in that mode, which reduces the gradients over
+    the default process group itself (do not wrap the model in ``DistributedDataParallel``
+    for it); the other optimizers ignore it (wrap their model in DDP).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Invalid optimizer: {name!r} (valid: {', '.join(OPTIMIZERS)})")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"Invalid learning rate: {lr!r} (must be a finite number > 0)")
+    if name == "seng" and dist_mode is not None:
+        return DistributedSENG(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               mode=dist_mode, rng=seed, **(seng_options or {}))
     if name == "seng":
         return SENG(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     rng=seed, **(seng_options or {}))

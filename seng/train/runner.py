@@ -21,6 +21,7 @@ from torch import nn
 from ._files import atomic_write, write_json
 from .data import Dataset, augment_batch
 from .optim import Schedule, make_optimizer, set_lr
+from .parallel import SINGLE, World, replica
 
 ModelSource = nn.Module | Callable[[], nn.Module]
 
@@ -51,6 +52,8 @@ class RunSettings:
     checkpoint_every: int
     resume: bool
     progress: bool
+    dist_mode: str = "global"      # SENG's curvature with several ranks
+    world: World = SINGLE          # this process's rank (a single process by default)
 
 
 def run(spec: RunSpec, model_source: ModelSource, data: Dataset, rs: RunSettings) -> dict:
@@ -59,9 +62,10 @@ def run(spec: RunSpec, model_source: ModelSource, data: Dataset, rs: RunSettings
     The log's ``status`` is ``"running"`` while the run is in progress, ``"failed"`` if it
     raised, ``"diverged"`` if the training loss became NaN/Inf (the run stops there) and
     ``"complete"`` at the end. Global RNG states (torch, NumPy, Python) are seeded with
-    ``spec.seed`` for the run and restored afterwards.
+    ``spec.seed`` for the run and restored afterwards. With several ranks
+    (``rs.world``), every rank calls this; only rank 0 writes.
     """
-    s = rs.settings
+    s, world = rs.settings, rs.world
     log_path = ckpt_path = None
     if rs.out is not None:
         log_path = rs.out / "runs" / f"{spec.name}.json"
@@ -78,36 +82,46 @@ def run(spec: RunSpec, model_source: ModelSource, data: Dataset, rs: RunSettings
         np.random.seed(spec.seed)  # noqa: NPY002 (user models may draw from it)
         random.seed(spec.seed)
         model = _instantiate(model_source).to(rs.device)
+        seng_options = dict(rs.seng_options)
+        if world.size > 1 and seng_options.get("curvature_batch") is not None:
+            seng_options["curvature_batch"] //= world.size  # a global count, split evenly
         optimizer = make_optimizer(spec.optimizer, model, spec.lr, momentum=s["momentum"],
-                                   weight_decay=s["weight_decay"],
-                                   seng_options=rs.seng_options, seed=spec.seed)
+                                   weight_decay=s["weight_decay"], seng_options=seng_options,
+                                   seed=spec.seed,
+                                   dist_mode=rs.dist_mode if world.size > 1 else None)
+        net = replica(model, spec.optimizer, world)
         loader = torch.Generator().manual_seed(spec.seed)
         state = {"epoch": 0, "step": 0, "time": 0.0}
         if rs.resume and ckpt_path is not None and ckpt_path.is_file():
             _load_checkpoint(ckpt_path, s, model, optimizer, loader, state, log, rs.device)
         try:
-            _epochs(spec, model, optimizer, loader, data, rs, state, log, log_path, ckpt_path)
+            _epochs(spec, model, net, optimizer, loader, data, rs, state, log, log_path,
+                    ckpt_path)
         except BaseException as e:
             log["status"] = "failed"
             log["error"] = f"{type(e).__name__}: {e}"
-            if log_path is not None:
+            if log_path is not None and world.is_main:
                 write_json(log_path, log)
             raise
     return log
 
 
-def _epochs(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
+def _epochs(spec: RunSpec, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer,
             loader: torch.Generator, data: Dataset, rs: RunSettings, state: dict[str, Any],
             log: dict[str, Any], log_path: Path | None, ckpt_path: Path | None) -> None:
-    s = rs.settings
-    n, bs = len(data.y_train), s["batch_size"]
+    """The epoch loop; ``net`` is what the forward calls (``model``, or its DDP replica)."""
+    s, world = rs.settings, rs.world
+    n_all, bs = len(data.y_train), s["batch_size"]
+    n = n_all - n_all % world.size  # ranks get equal slices: the remainder is dropped
     steps = math.ceil(n / bs)
     epochs = s["epochs"]
     bar = _progress(rs.progress, spec.name, epochs * steps, state["step"])
     try:
         for epoch in range(state["epoch"], epochs):
             model.train()
-            perm = torch.randperm(n, generator=loader).to(rs.device)
+            if world.size > 1:  # each rank its own dropout stream, whatever the resume point
+                torch.manual_seed(world.rng_seed(spec.seed, epoch))
+            perm = torch.randperm(n_all, generator=loader)[:n].to(rs.device)
             loss_sum = torch.zeros((), device=rs.device)
             correct = torch.zeros((), device=rs.device, dtype=torch.int64)
             _sync(rs.device)
@@ -116,16 +130,22 @@ def _epochs(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
                 lr = spec.lr * rs.schedule.factor(epoch, (state["step"] + 1) / steps)
                 set_lr(optimizer, lr)
                 idx = perm[i * bs:(i + 1) * bs]
-                x, y = data.x_train[idx], data.y_train[idx]
-                if s["augment"]:
-                    x = augment_batch(x, loader)
-                out = model(x)
+                if s["augment"]:  # the global batch: every rank draws what one process does
+                    x = world.shard(augment_batch(data.x_train[idx], loader))
+                    idx = world.shard(idx)
+                else:
+                    idx = world.shard(idx)
+                    x = data.x_train[idx]
+                y = data.y_train[idx]
+                out = net(x)
                 loss = F.cross_entropy(out, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 try:
                     optimizer.step()
                 except FloatingPointError as e:  # SENG: a blown-up curvature
+                    if world.size > 1:  # other ranks may be inside a collective: fail fast
+                        raise
                     log["status"], log["error"] = "diverged", f"step {state['step']}: {e}"
                     break
                 loss_sum += loss.detach() * len(y)
@@ -134,32 +154,35 @@ def _epochs(spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
                 bar.update(1)
             if log["status"] == "diverged":
                 break
+            loss_sum, correct = world.sum(loss_sum, correct)
             _sync(rs.device)
             epoch_time = time.perf_counter() - start
             state["time"] += epoch_time
             state["epoch"] = epoch + 1
             t0 = time.perf_counter()
-            test_loss, test_acc = _evaluate(model, data.x_test, data.y_test)
+            world.broadcast_buffers(model)  # rank 0's running statistics, as DDP does
+            test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, world)
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / n,
-                   "train_acc": int(correct) / n, "test_loss": test_loss, "test_acc": test_acc,
-                   "time": state["time"], "epoch_time": epoch_time,
-                   "step_time": epoch_time / steps, "eval_time": time.perf_counter() - t0}
+                   "train_acc": round(float(correct)) / n, "test_loss": test_loss,
+                   "test_acc": test_acc, "time": state["time"], "epoch_time": epoch_time,
+                   "step_time": epoch_time / steps, "eval_time": time.perf_counter() - t0,
+                   "nproc": world.size}
             log["epochs"].append(row)
             bar.set_postfix(loss=f"{row['train_loss']:.3g}", acc=f"{test_acc:.3f}")
             if not math.isfinite(row["train_loss"]):
                 log["status"] = "diverged"
                 break
             last = epoch + 1 == epochs
-            if ckpt_path is not None and rs.checkpoint_every and (
+            if ckpt_path is not None and world.is_main and rs.checkpoint_every and (
                     last or (epoch + 1) % rs.checkpoint_every == 0):
                 _save_checkpoint(ckpt_path, s, model, optimizer, loader, state, log, rs.device)
-            if log_path is not None and not last:
+            if log_path is not None and world.is_main and not last:
                 write_json(log_path, log)
         else:
             log["status"] = "complete"
     finally:
         bar.close()
-    if log_path is not None:
+    if log_path is not None and world.is_main:
         write_json(log_path, log)
 
 
@@ -175,10 +198,13 @@ def warm_up(model_source: ModelSource, data: Dataset, grid: dict[str, list[float
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, world: World = SINGLE,
               batch: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``."""
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``(x, y)``; with
+    several ranks each evaluates its contiguous share and the sums are all-reduced."""
     model.eval()
+    total = len(y)
+    x, y = world.shard(x), world.shard(y)
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for i in range(0, len(y), batch):
@@ -186,7 +212,8 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         loss += F.cross_entropy(out, y[i:i + batch], reduction="sum")
         correct += (out.argmax(1) == y[i:i + batch]).sum()
     model.train()
-    return float(loss) / len(y), int(correct) / len(y)
+    loss, correct = world.sum(loss, correct)
+    return float(loss) / total, round(float(correct)) / total
 
 
 def _instantiate(source: ModelSource) -> nn.Module:

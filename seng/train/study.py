@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,8 +15,9 @@ import torch
 from torch import nn
 
 from seng import _hyper
+from seng.distributed import MODES
 
-from . import report
+from . import parallel, report
 from ._files import write_json, write_text
 from .data import DATASETS, Dataset, load_dataset
 from .models import MODELS, build_model
@@ -100,6 +102,8 @@ def train(
     resume: bool = False,
     progress: bool = True,
     threads: int | None = None,
+    nproc: int | None = None,
+    dist_mode: str = "global",
 ) -> StudyResult:
     r"""Train a model with several optimizers, learning rates and seeds and compare them.
 
@@ -168,7 +172,26 @@ def train(
     threads : int, optional
         ``torch.set_num_threads(threads)`` for the study (restored afterwards). On a busy
         machine one thread gives steadier timings for small models. A resumed run is
-        bit-identical only with the same thread count.
+        bit-identical only with the same thread count. Workers spawned by ``nproc`` use
+        ``max(1, cores / nproc)`` threads each when None.
+    nproc : int, optional
+        Data-parallel processes on this host (default 1, or the job's size when launched by
+        ``torchrun``: then the processes exist already and none is spawned). ``nproc`` > 1
+        spawns that many workers of one process group (gloo on the CPU; NCCL with
+        ``device="cuda"``, rank ``r`` on ``cuda:r``, at most one process per GPU).
+        ``batch_size`` stays the global batch and must be divisible by ``nproc``: rank
+        ``r`` trains on rows ``[r b / W, (r + 1) b / W)`` of every global batch ``b`` of the
+        shared permutation (the ``n mod W`` samples left at the end of each epoch's
+        permutation are dropped), so the ranks together take the steps of one process.
+        SENG runs as :class:`seng.distributed.DistributedSENG`, the first-order optimizers
+        on a ``DistributedDataParallel`` replica. Rank 0 writes every file; the logged
+        losses and accuracies are over all ranks. Not part of the settings a resumed
+        checkpoint must match.
+    dist_mode : {"global", "local"}
+        SENG's curvature with ``nproc`` > 1 (:class:`seng.distributed.DistributedSENG`):
+        of the global batch (the one-process direction) or of each rank's slice
+        (block-Jacobi). Part of the settings a checkpoint must match (with one process both
+        are plain SENG).
 
     Returns
     -------
@@ -192,7 +215,7 @@ def train(
         sketch_size=sketch_size, curvature_batch=curvature_batch, augment=augment,
         subset=subset, data_dir=data_dir, download=download, target=target, device=device,
         out=out, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
-        threads=threads,
+        threads=threads, nproc=nproc, dist_mode=dist_mode,
     ).run()
 
 
@@ -208,13 +231,24 @@ class _Study:
     target: float
     threads: int | None
     rs: RunSettings
+    nproc: int
+    launch: tuple[Any, Any, dict[str, Any]] | None  # what each worker prepares, if spawning
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process reports (rank 0, or the one that spawns the workers)."""
+        return self.rs.world.is_main
 
     def run(self) -> StudyResult:
+        if self.launch is not None:
+            return parallel.launch(self.nproc, self.rs.device, _run_worker, self.launch,
+                                   self.threads)
         previous = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
-            return self._run()
+            with parallel.joined(self.rs.world):
+                return self._run()
         finally:
             if self.threads is not None:
                 torch.set_num_threads(previous)
@@ -226,7 +260,8 @@ class _Study:
 
     def _run(self) -> StudyResult:
         rs, settings, out_dir = self.rs, self.rs.settings, self.rs.out
-        if out_dir is not None:
+        main = rs.world.is_main
+        if out_dir is not None and main:
             out_dir.mkdir(parents=True, exist_ok=True)
             # Results of an earlier study in this folder would look like this one's.
             for stale in ("results.md", "results.json", "comparison.png"):
@@ -235,11 +270,12 @@ class _Study:
                 for spec in self._specs():
                     (out_dir / "runs" / f"{spec.name}.json").unlink(missing_ok=True)
                     (out_dir / "checkpoints" / f"{spec.name}.pt").unlink(missing_ok=True)
+        rs.world.barrier()  # no rank reads a log or checkpoint that rank 0 is deleting
         warm_up(self.model_source, self.dataset, self.grid, rs)
         logs = []
         for spec in self._specs():
             logs.append(run(spec, self.model_source, self.dataset, rs))
-            if rs.progress:
+            if rs.progress and main:
                 _announce(logs[-1], self.target)
         target = self.target
         summary = report.summarize(logs, target)
@@ -247,13 +283,18 @@ class _Study:
         title = (f"{self.model_name} on {self.dataset.name}, {settings['epochs']} epochs, "
                  f"batch {settings['batch_size']}")
         table = report.markdown(summary, target, title)
-        if out_dir is not None:
+        if out_dir is not None and main:
             report.plot(logs, summary, target, out_dir / "comparison.png")
             write_json(out_dir / "results.json", {
                 "target": target, "settings": settings, "threads": torch.get_num_threads(),
-                "summary": summary, "best": best})
+                "nproc": rs.world.size, "summary": summary, "best": best})
             write_text(out_dir / "results.md", table)
         return StudyResult(logs, summary, best, table, out_dir)
+
+
+def _run_worker(model: Any, data: Any, kw: dict[str, Any]) -> StudyResult:
+    """One spawned rank: prepare the study again (the process group is up), run it."""
+    return _prepare(model, data, **kw).run()
 
 
 def _prepare(model: Any, data: Any, **kw: Any) -> _Study:
@@ -289,23 +330,43 @@ def _prepare(model: Any, data: Any, **kw: Any) -> _Study:
         "curvature_batch": _hyper.check_positive_int(a.curvature_batch, "curvature_batch",
                                                      allow_none=True),
     }
+    if a.dist_mode not in MODES:
+        raise ValueError(f"Invalid dist_mode: {a.dist_mode!r} (valid: 'global', 'local')")
     device = _device(a.device)
+    nproc, world = parallel.plan(a.nproc, device)
+    if a.batch_size % nproc:
+        raise ValueError(f"Invalid batch_size: {a.batch_size} with nproc {nproc} (the global "
+                         f"batch is split evenly over the processes: give a multiple of "
+                         f"{nproc})")
+    if nproc > 1 and a.curvature_batch is not None and a.curvature_batch % nproc:
+        raise ValueError(f"Invalid curvature_batch: {a.curvature_batch} with nproc {nproc} "
+                         f"(each process takes curvature_batch / nproc samples: give a "
+                         f"multiple of {nproc})")
+    if world is None:
+        _picklable(model)
     model_name, model_source = _model(model)
     dataset = _dataset(data, a.data_dir, a.download)
     if a.subset is not None:
         dataset = dataset.subset(a.subset)
     if model_source is None:
         model_source = _factory(model_name, dataset)
+    # nproc is left out: N ranks take the steps of one process on the same global batches.
     settings = json.loads(json.dumps({
         "model": model_name, "data": dataset.name, "subset": a.subset, "epochs": a.epochs,
         "batch_size": a.batch_size, "momentum": a.momentum, "weight_decay": a.weight_decay,
-        "schedule": asdict(sched), "seng": seng_options, "augment": bool(a.augment),
+        "schedule": asdict(sched), "seng": {**seng_options, "dist_mode": a.dist_mode},
+        "augment": bool(a.augment),
     }))
     out = None if a.out is None else Path(a.out)
-    rs = RunSettings(settings, sched, seng_options, device, out, a.checkpoint_every,
-                     bool(a.resume), bool(a.progress))
-    return _Study(model_name, model_source, dataset.to(device), grid, seeds, a.target,
-                  a.threads, rs)
+    if world is None:  # the spawned workers load the data and build the runs themselves
+        rs = RunSettings(settings, sched, seng_options, device, out, a.checkpoint_every,
+                         bool(a.resume), bool(a.progress), a.dist_mode)
+        return _Study(model_name, model_source, dataset, grid, seeds, a.target, a.threads,
+                      rs, nproc, (model, data, kw))
+    rs = RunSettings(settings, sched, seng_options, world.device, out, a.checkpoint_every,
+                     bool(a.resume), bool(a.progress) and world.is_main, a.dist_mode, world)
+    return _Study(model_name, model_source, dataset.to(world.device), grid, seeds, a.target,
+                  a.threads, rs, nproc, None)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -353,6 +414,15 @@ def _seeds(seeds: Any) -> list[int]:
 def _int(name: str, value: Any, low: int) -> None:
     if not _hyper._is_int(value) or value < low:
         raise ValueError(f"Invalid {name}: {value!r} (must be an int >= {low})")
+
+
+def _picklable(model: Any) -> None:
+    try:
+        pickle.dumps(model)
+    except (pickle.PicklingError, AttributeError, TypeError) as e:
+        raise TypeError(f"with nproc > 1 the model goes to spawned processes and must be "
+                        f"picklable (a name, an nn.Module or a module-level function), got "
+                        f"{model!r}: {e}") from e
 
 
 def _device(device: Any) -> torch.device:
