@@ -461,6 +461,8 @@ class DistributedSENG(SENG):
     **preconditioner_options
         Further keyword arguments of :class:`~seng.SENGPreconditioner`.
 
+    Notes
+    -----
     Save ``optimizer.state_dict()`` from rank 0; it loads on any number of ranks.
     """
 
