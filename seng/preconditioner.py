@@ -316,8 +316,8 @@ class SENGPreconditioner:
             for n, t in layer.helper.block_to_grads(d, live).items():
                 out[layer.params[n]] = t.to(named[n].dtype)
         if deferred:
-            blocks = [work for _, work, _, _ in deferred]
-            directions = self._deferred_directions([x[0] for x in deferred], blocks, damping)
+            layers, blocks, _, _ = zip(*deferred, strict=True)
+            directions = self._deferred_directions(list(layers), list(blocks), damping)
             for (layer, _, live, named), d in zip(deferred, directions, strict=True):
                 for n, t in layer.helper.block_to_grads(d, live).items():
                     out[layer.params[n]] = t.to(named[n].dtype)
