@@ -46,7 +46,7 @@ class SENG(torch.optim.Optimizer):
         Further keyword arguments of :class:`SENGPreconditioner` (``sketch``,
         ``sketch_size``, ``rng``, ``loss_reduction``, ``curvature_batch``,
         ``max_update_norm``, ``routes``, ``solve_dtype``, ``lowrank_rank``, ``fallback``,
-        ``grad_scaler``).
+        ``grad_scaler``, ``accumulation_steps``).
     """
 
     _preconditioner_type: type[SENGPreconditioner] = SENGPreconditioner

@@ -122,6 +122,14 @@ class SENGPreconditioner:
     grad_scaler : torch.amp.GradScaler or None
         The scaler of a mixed-precision (fp16) run. The hooks record gradients of the
         *scaled* loss; they are divided by ``grad_scaler.get_scale()`` on curvature steps.
+    accumulation_steps : int
+        Gradient accumulation: each step's gradient is accumulated over this many
+        forward/backward passes of micro-batches of equal size ``n`` (for a ``"mean"``
+        loss, each pass backpropagates its mean divided by ``accumulation_steps``, so the
+        gradient is the mean over all ``k n`` samples). The curvature batch is then the
+        ``k n`` samples of the ``k`` micro-batches; a layer called ``c`` times per forward
+        must have ``k c`` calls (else its curvature is not updated that step, with a
+        warning). ``curvature_batch`` applies to each micro-batch. Default 1.
 
     Notes
     -----
@@ -162,6 +170,7 @@ class SENGPreconditioner:
         lowrank_rank: int = 4,
         fallback: str | None = None,
         grad_scaler: Any = None,
+        accumulation_steps: int = 1,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -190,6 +199,8 @@ class SENGPreconditioner:
             raise TypeError(f"grad_scaler must be a torch.amp.GradScaler or None, got "
                             f"{type(grad_scaler).__name__}")
         self.grad_scaler = grad_scaler
+        self.accumulation_steps = _hyper.check_positive_int(accumulation_steps,
+                                                            "accumulation_steps")
         self._seed = int(normalize_rng(rng).integers(0, 2**63))
 
         self.model = model
@@ -347,12 +358,14 @@ class SENGPreconditioner:
             return
         if not calls:
             return
-        n = calls[0].n
-        nc = leading(calls[0].payload)
+        work = self._micro_batches_merged(layer, calls)
+        if work is None:
+            return
+        n = calls[0].n * self.accumulation_steps
+        nc = leading(work[0][0])
         scale = (n if self.loss_reduction == "mean" else 1.0) / math.sqrt(nc)
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             scale /= float(self.grad_scaler.get_scale())  # hooks saw the scaled loss
-        work = [(_cast(c.payload), _cast(c.grad)) for c in calls]
         rep = self._gather_samples(layer, layer.helper.per_sample(work, live, scale))
         route, costs = layer.route, {}
         if route == "auto":
@@ -367,6 +380,21 @@ class SENGPreconditioner:
         curvature.info.update(costs, step=k, samples=rep.n)
         layer.curvature, layer.live = curvature, live
         self.counters["curvature_updates"] += 1
+
+    def _micro_batches_merged(self, layer: _Layer, calls: list[Call]) -> list[Any] | None:
+        """``(payload, grad)`` per call of one forward, each holding the samples of all
+        ``accumulation_steps`` micro-batches (concatenated along the sample dimension);
+        None, with a warning, when the calls do not split into that many forwards."""
+        k = self.accumulation_steps
+        if len(calls) % k:
+            self._warn(f"accumulation:{layer.name}", f"layer {layer.name!r} was called "
+                       f"{len(calls)} times in a step of accumulation_steps={k} micro-batches "
+                       "(not a multiple); its curvature is not updated this step")
+            return None
+        c = len(calls) // k
+        return [(_cat_samples([_cast(calls[m * c + j].payload) for m in range(k)]),
+                 _cat_samples([_cast(calls[m * c + j].grad) for m in range(k)]))
+                for j in range(c)]
 
     def _gather_samples(self, layer: _Layer, rep: PerSampleGrads) -> PerSampleGrads:
         """The per-sample gradients of the whole curvature batch: ``rep`` itself here; the
@@ -541,6 +569,15 @@ def _cast(x: Any) -> Any:
     if isinstance(x, tuple):
         return tuple(_cast(t) for t in x)
     return x.to(_work_dtype(x.dtype)) if x.is_floating_point() else x
+
+
+def _cat_samples(parts: list[Any]) -> Any:
+    """Concatenate payloads (tensors or tuples of tensors) along the sample dimension."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(_cat_samples(list(p)) for p in zip(*parts, strict=True))
+    return torch.cat(parts)
 
 
 def _mib(nbytes: int) -> str:

@@ -61,13 +61,16 @@ def loss_of(model, x, y, reduction="mean"):
     return nn.functional.cross_entropy(model(x), y, reduction=reduction)
 
 
-def run_steps(model, pre, opt, data, reduction, corrupt=None):
-    """SGD steps with the preconditioner: ``[(applied, grads, params)]`` per step.
-    ``corrupt(k, model)`` may edit the gradients before ``pre.step()``."""
+def run_steps(model, pre, opt, data, reduction, corrupt=None, micro=1):
+    """SGD steps with the preconditioner: ``[(applied, grads, params)]`` per step, each
+    batch's gradient accumulated over ``micro`` micro-batches. ``corrupt(k, model)`` may
+    edit the gradients before ``pre.step()``."""
     record = []
     for k, (x, y) in enumerate(data):
         opt.zero_grad()
-        loss_of(model, x, y, reduction).backward()
+        for xm, ym in zip(x.chunk(micro), y.chunk(micro), strict=True):
+            loss = loss_of(model, xm, ym, reduction)
+            (loss / micro if reduction == "mean" else loss).backward()
         if corrupt is not None:
             corrupt(k, model)
         applied = pre.step()
@@ -92,6 +95,8 @@ SCENARIOS = {
     "global-conv-countsketch-sharded": dict(mode="global", conv=True, steps=4, factors="sharded",
                                             options={"damping": 0.5, "update_freq": 2,
                                                      "sketch": "countsketch", "sketch_size": 6}),
+    "global-conv-accumulation": dict(mode="global", conv=True, steps=3, micro=2, options={
+        "damping": 0.5, "update_freq": 2, "accumulation_steps": 2}),
     "global-mlp-sum-loss": dict(mode="global", conv=False, steps=4, options={
         "damping": 0.5, "update_freq": 1, "loss_reduction": "sum"}),
     "local-mlp": dict(mode="local", conv=False, steps=2,
@@ -125,7 +130,7 @@ def _worker(rank, init, out_dir):
 
 
 def _train_rank(rank, ckpt, *, mode, conv, steps, options, nan_step=None, save_after=None,
-                factors="replicated"):
+                factors="replicated", micro=1):
     model = make_model(conv)
     pre = DistributedSENGPreconditioner(model, mode=mode, factors=factors, **options)
     comm = []
@@ -152,7 +157,7 @@ def _train_rank(rank, ckpt, *, mode, conv, steps, options, nan_step=None, save_a
         if k == nan_step and rank == 1:
             model.fc1.weight.grad[0, 0] = float("nan")
 
-    record += run_steps(model, pre, opt, data, reduction, corrupt)
+    record += run_steps(model, pre, opt, data, reduction, corrupt, micro)
     return {"record": record, "counters": dict(pre.counters), "comm": comm}
 
 
@@ -229,7 +234,9 @@ def runs(tmp_path_factory):
 
 
 def _one_process(conv, options, data):
+    """One process on the concatenated batches, in one pass each."""
     model = make_model(conv)
+    options = {k: v for k, v in options.items() if k != "accumulation_steps"}
     pre = SENGPreconditioner(model, **options)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     return run_steps(model, pre, opt, data, options.get("loss_reduction", "mean"))
