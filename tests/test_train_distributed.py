@@ -169,6 +169,8 @@ def test_rank_failure_exits_and_its_checkpoint_resumes_on_one_process(two_procs,
     assert not any((out / f).exists() for f in ("results.md", "results.json", "comparison.png"))
     ckpt = torch.load(out / "checkpoints" / "seng_lr0.05_seed0.pt", weights_only=True)
     assert ckpt["state"]["epoch"] == 2 and ckpt["optimizer"]["seng"]["world_size"] == 2
+    # rank 0 records its own collective error, or the launcher the rank-1 failure
+    assert json.loads((out / "runs" / "seng_lr0.05_seed0.json").read_text())["status"] == "failed"
 
     result = train(mlp, "synthetic", optimizers=["seng", "sgd"], batch_size=64, epochs=EPOCHS,
                    checkpoint_every=1, progress=False, threads=1, nproc=1, resume=True,

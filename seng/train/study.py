@@ -241,8 +241,12 @@ class _Study:
 
     def run(self) -> StudyResult:
         if self.launch is not None:
-            return parallel.launch(self.nproc, self.rs.device, _run_worker, self.launch,
-                                   self.threads)
+            try:
+                return parallel.launch(self.nproc, self.rs.device, _run_worker, self.launch,
+                                       self.threads)
+            except parallel.WorkerError as e:
+                self._mark_failed(str(e))
+                raise
         previous = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
@@ -252,6 +256,18 @@ class _Study:
         finally:
             if self.threads is not None:
                 torch.set_num_threads(previous)
+
+    def _mark_failed(self, error: str) -> None:
+        """Logs left "running" by workers that were ended (rank 0 may be stopped inside a
+        collective before it can record the failure) become "failed"."""
+        if self.rs.out is None:
+            return
+        for spec in self._specs():
+            path = self.rs.out / "runs" / f"{spec.name}.json"
+            if path.is_file():
+                log = json.loads(path.read_text())
+                if log.get("status") == "running":
+                    write_json(path, {**log, "status": "failed", "error": error})
 
     def _specs(self) -> list[RunSpec]:
         # Seeds outermost: a change in the machine's load hits every optimizer alike.
