@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 import sketchlinalg as sl
+from sketchlinalg._backend import all_finite
 
 from ._capture import leading
 from .optimizer import SENG
@@ -229,7 +230,7 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
                             grads: Mapping[torch.Tensor, torch.Tensor]) -> Any:
         out = super().precondition(grads)
         fault = any(p not in out for p in grads) or not all(
-            bool(torch.isfinite(d).all()) for d in out.values())
+            all_finite(d) for d in out.values())
         values = [out.get(p) for p in params]
         flags = [float(fault)] + [float(v is not None) for v in values]
         reduced, flags = self._reduce(params, values, flags)
@@ -238,7 +239,7 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
     def _precondition_global(self, params: list[nn.Parameter],
                              grads: Mapping[torch.Tensor, torch.Tensor]) -> Any:
         values = [grads.get(p) for p in params]
-        fault = not all(v is None or bool(torch.isfinite(v).all()) for v in values)
+        fault = not all(v is None or all_finite(v) for v in values)
         flags = [float(fault)] + [float(v is not None) for v in values]
         capture = self._capture.active  # the same on every rank: replicated state
         if capture:
@@ -263,8 +264,8 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
     def _finish(self, params: list[nn.Parameter], reduced: list[torch.Tensor],
                 flags: torch.Tensor) -> dict[torch.Tensor, torch.Tensor] | None:
         present = flags[1:1 + len(params)]
-        if float(flags[0]) > 0 or not bool(torch.isfinite(flags).all()) or not all(
-                bool(torch.isfinite(t).all()) for t in reduced):
+        if float(flags[0]) > 0 or not all_finite(flags) or not all(
+                all_finite(t) for t in reduced):
             self._count("skipped_steps", "NaN/Inf on some rank: every rank skips this step")
             return None
         return {p: t for p, t, c in zip(params, reduced, present.tolist(), strict=True) if c > 0}

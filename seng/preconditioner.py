@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sketchlinalg._backend import all_finite
 from sketchlinalg._rng import RNGLike, normalize_rng
 
 from . import _hyper
@@ -313,7 +314,7 @@ class SENGPreconditioner:
                 continue
             named = {n: grads[layer.params[n]] for n in live}
             block = layer.helper.grads_to_block(named)
-            if not bool(torch.isfinite(block).all()):
+            if not all_finite(block):
                 self._count("nonfinite_grads", f"NaN/Inf in the gradient of layer {layer.name!r}: "
                             "its gradient is left untouched and its curvature not updated")
                 continue
@@ -334,7 +335,7 @@ class SENGPreconditioner:
                     out[layer.params[n]] = t.to(named[n].dtype)
         for p, g in grads.items():
             values = g.coalesce().values() if g.is_sparse else g
-            if id(p) not in handled and bool(torch.isfinite(values).all()):
+            if id(p) not in handled and all_finite(values):
                 out[p] = g / (1.0 + damping)
         self._cap_norm(out)
         if refresh:
@@ -373,7 +374,7 @@ class SENGPreconditioner:
         build = ROUTES.get(route, ROUTES["sketched"])  # sketch families share one route
         curvature = build(rep, kind=route, size=self.sketch_size, rng=self._rng(k, layer.index + 1),
                           solve_dtype=self.solve_dtype, rank=self.lowrank_rank)
-        if not bool(torch.isfinite(curvature.gram).all()):
+        if not all_finite(curvature.gram):
             self._count("skipped_updates", f"NaN/Inf in the curvature of layer {layer.name!r}: "
                         "update skipped, the last good curvature is kept")
             return
@@ -420,7 +421,7 @@ class SENGPreconditioner:
             self._count("solve_fallbacks", f"Cholesky of the damped Gram of layer "
                         f"{layer.name!r} failed; solved with its spectrum clipped at the "
                         "damping")
-        if bool(torch.isfinite(d).all()):
+        if all_finite(d):
             layer.needs_refresh = False
             return d
         self._count("skipped_updates", f"NaN/Inf in the direction of layer {layer.name!r}: "

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 import sketchlinalg as sl
+from sketchlinalg._backend import all_finite
 
 from .cost import choose_gram_method
 from .curvature import Curvature
@@ -79,7 +80,7 @@ def truncate(
     Qg, Rg = torch.linalg.qr(Gt) if t < dg else (None, Gt)
     Qa, Ra = torch.linalg.qr(At) if t < da else (None, At)
     M = Rg @ Ra.transpose(1, 2)  # (ng, rg, ra): W_i = Qg M_i Qa^T
-    if not bool(torch.isfinite(M).all()):
+    if not all_finite(M):
         return None, {"rank": 0, "svd": "none"}
     rg, ra = M.shape[1:]
     k = min(rank, rg, ra)
