@@ -178,6 +178,10 @@ class KroneckerFactors(PerSampleGrads):
     # -- products --------------------------------------------------------------------------
     def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
         # (U^T g)_i = sum_{j,t} G_ijt . (g_j A_ijt): multiply g into the narrower factor.
+        if self.positions == 1:  # one GEMM per group over the samples, not N GEMVs
+            n, gr = self.n, self.groups
+            Y = self.G.reshape(n, gr, self.dg).transpose(0, 1) @ g  # (groups, N, da)
+            return (Y * self.A.reshape(n, gr, self.da).transpose(0, 1)).sum(dim=(0, 2))
         if self.da <= self.dg:
             Y = self.A @ g.transpose(1, 2)  # (N, groups, T, dg)
             return (Y * self.G).sum(dim=(1, 2, 3))
