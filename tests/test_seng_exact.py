@@ -300,21 +300,23 @@ def test_unsupported_parameters_get_damped_gradient():
         assert_close(got, want, factor=4 * 40 * cond)
 
 
+@pytest.mark.parametrize("positions, da, dg", [(4, 5, 3), (4, 3, 5), (1, 5, 3)])
 @pytest.mark.parametrize("method", ["kronecker", "dense"])
-def test_gram_methods_agree(method, monkeypatch):
-    """Both Gram methods (and the chunked Kronecker loop) give the dense U^T U."""
+def test_gram_methods_agree(method, positions, da, dg, monkeypatch):
+    """Both Gram methods (and the chunked Kronecker loop) give the dense U^T U; the
+    products through either factor (and the one-position path) give U g and U^T alpha."""
     import seng.routes.persample as persample
 
     monkeypatch.setattr(persample, "GRAM_CHUNK_ELEMENTS", 50)  # forces several row chunks
     rng = np.random.default_rng(0)
-    A = torch.from_numpy(rng.standard_normal((6, 2, 4, 5)))
-    G = torch.from_numpy(rng.standard_normal((6, 2, 4, 3)))
+    A = torch.from_numpy(rng.standard_normal((6, 2, positions, da)))
+    G = torch.from_numpy(rng.standard_normal((6, 2, positions, dg)))
     rep = KroneckerFactors(A, G)
     U = torch.einsum("njtd,njte->njde", G, A).reshape(6, -1)
     gram, used = rep.gram(method)
     assert used == method
     assert_close(gram, U @ U.T, factor=4 * 4 * 5 * 3)
-    g = torch.from_numpy(rng.standard_normal((2, 3, 5)))
+    g = torch.from_numpy(rng.standard_normal((2, dg, da)))
     alpha = torch.from_numpy(rng.standard_normal(6))
     for r in (rep, rep.to_dense()):
         assert_close(r.rmatvec(g), U @ g.reshape(-1), factor=4 * 40)
