@@ -103,6 +103,22 @@ def test_two_processes_take_the_steps_of_one(two_procs, tmp_path):
     assert ckpt["optimizer"]["seng"]["counters"]["skipped_steps"] == 0
 
 
+def test_sharded_global_mode_takes_the_steps_of_one_process(tmp_path):
+    """--dist-mode global-sharded (CountSketch Grams, factors kept on their rank) against
+    one process with the same sketch: the same run, to the tolerance above."""
+    sketch = ["--optimizers", "seng", "--sketch", "countsketch", "--sketch-size", "256"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    proc = _cli([*ARGS, *sketch, "--nproc", "2", "--dist-mode", "global-sharded",
+                 "--out", str(two)])
+    assert proc.returncode == 0, proc.stderr
+    assert main([*ARGS, *sketch, "--nproc", "1", "--out", str(one)]) == 0
+    (name, log), = _logs(two).items()
+    assert log["settings"]["seng"]["dist_mode"] == "global-sharded"
+    ckpt = torch.load(two / "checkpoints" / f"{name}.pt", weights_only=True)
+    assert ckpt["optimizer"]["seng"]["factors"] == "sharded"
+    _assert_same_run(log, _logs(one)[name])
+
+
 def test_torchrun_local_mode_trains_and_differs_from_global(two_procs, tmp_path):
     """``torchrun -m seng.train --dist-mode local``: no new processes are spawned (the job's
     2 ranks run the study), SENG trains, and its per-rank curvature gives another run than
@@ -219,6 +235,8 @@ def test_one_process_checkpoint_resumes_on_two(two_procs, tmp_path, monkeypatch)
     (["--nproc", "0"], ["nproc", "0", ">= 1"]),
     (["--nproc", "2", "--batch-size", "33"], ["batch_size", "33", "nproc 2", "multiple of 2"]),
     (["--nproc", "2", "--curvature-batch", "5"], ["curvature_batch", "5", "multiple of 2"]),
+    (["--nproc", "2", "--dist-mode", "global-sharded"], ["dist_mode", "global-sharded",
+                                                         "sketch family"]),
     (["--nproc", "2", "--device", "cuda"], ["nproc", "2", "1 CUDA device"]),
     (["--nproc", "2", "--device", "cuda:0"], ["device", "'cuda:0'", "give 'cuda'"]),
 ])

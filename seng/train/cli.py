@@ -12,7 +12,7 @@ from seng._hyper import ROUTE_NAMES
 
 from .data import DATASETS
 from .models import MODELS
-from .optim import OPTIMIZERS, SCHEDULES
+from .optim import DIST_MODES, OPTIMIZERS, SCHEDULES
 from .parallel import WorkerError
 from .study import PRESETS, _prepare, train
 
@@ -82,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "rank r on cuda:r); --batch-size stays the global batch and must be "
                         "divisible by N; each worker uses cores/N threads unless --threads "
                         "(default 1, or torchrun's WORLD_SIZE under torchrun)")
-    g.add_argument("--dist-mode", choices=["global", "local"],
+    g.add_argument("--dist-mode", choices=DIST_MODES,
                    help="SENG's curvature with several processes: of the global batch (the "
-                        "one-process direction) or of each process's slice (default global)")
+                        "one-process direction; global-sharded keeps the sketched layers' "
+                        "per-sample factors on their process, with --sketch a family) or of "
+                        "each process's slice (default global)")
     g = p.add_argument_group("output")
     g.add_argument("--target", type=float, help="test accuracy to reach (default 0.97)")
     g.add_argument("--device", help="cpu (default), cuda, cuda:N")

@@ -14,6 +14,8 @@ from seng.distributed import DistributedSENG
 
 #: Names accepted by :func:`make_optimizer`.
 OPTIMIZERS = ("seng", "sgd", "adam", "adamw")
+#: SENG's data-parallel modes in ``seng.train`` (``--dist-mode``).
+DIST_MODES = ("global", "global-sharded", "local")
 #: Names accepted by :class:`Schedule`.
 SCHEDULES = ("constant", "poly", "cosine", "step")
 
@@ -30,8 +32,9 @@ def make_optimizer(name: str, model: nn.Module, lr: float, *, momentum: float = 
     ``"adamw"``: AdamW with decoupled weight decay (Loshchilov and Hutter 2019). Adam and
     AdamW use PyTorch's default betas (0.9, 0.999) and ignore ``momentum``.
 
-    ``dist_mode`` (``"global"`` or ``"local"``) makes ``"seng"`` a
-    :class:`seng.distributed.DistributedSENG` in that mode, which reduces the gradients over
+    ``dist_mode`` (one of :data:`DIST_MODES`; ``"global-sharded"`` is global mode with
+    ``factors="sharded"``) makes ``"seng"`` a :class:`seng.distributed.DistributedSENG`
+    in that mode, which reduces the gradients over
     the default process group itself (do not wrap the model in ``DistributedDataParallel``
     for it); the other optimizers ignore it (wrap their model in DDP).
     """
@@ -40,8 +43,10 @@ def make_optimizer(name: str, model: nn.Module, lr: float, *, momentum: float = 
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"Invalid learning rate: {lr!r} (must be a finite number > 0)")
     if name == "seng" and dist_mode is not None:
+        mode, _, factors = dist_mode.partition("-")
         return DistributedSENG(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               mode=dist_mode, rng=seed, **(seng_options or {}))
+                               mode=mode, factors=factors or "replicated", rng=seed,
+                               **(seng_options or {}))
     if name == "seng":
         return SENG(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     rng=seed, **(seng_options or {}))

@@ -15,13 +15,12 @@ import torch
 from torch import nn
 
 from seng import _hyper
-from seng.distributed import MODES
 
 from . import parallel, report
 from ._files import write_json, write_text
 from .data import DATASETS, Dataset, load_dataset
 from .models import MODELS, build_model
-from .optim import OPTIMIZERS, Schedule
+from .optim import DIST_MODES, OPTIMIZERS, Schedule
 from .runner import ModelSource, RunSettings, RunSpec, run, warm_up
 
 #: Learning rate of each optimizer when none is given.
@@ -187,11 +186,12 @@ def train(
         on a ``DistributedDataParallel`` replica. Rank 0 writes every file; the logged
         losses and accuracies are over all ranks. Not part of the settings a resumed
         checkpoint must match.
-    dist_mode : {"global", "local"}
+    dist_mode : {"global", "global-sharded", "local"}
         SENG's curvature with ``nproc`` > 1 (:class:`seng.distributed.DistributedSENG`):
-        of the global batch (the one-process direction) or of each rank's slice
-        (block-Jacobi). Part of the settings a checkpoint must match (with one process both
-        are plain SENG).
+        of the global batch (the one-process direction), the same with the sketched
+        layers' per-sample factors kept on their rank (``factors="sharded"``; needs a sketch
+        family) or of each rank's slice (block-Jacobi). Part of the settings a checkpoint
+        must match (with one process all are plain SENG).
 
     Returns
     -------
@@ -346,8 +346,13 @@ def _prepare(model: Any, data: Any, **kw: Any) -> _Study:
         "curvature_batch": _hyper.check_positive_int(a.curvature_batch, "curvature_batch",
                                                      allow_none=True),
     }
-    if a.dist_mode not in MODES:
-        raise ValueError(f"Invalid dist_mode: {a.dist_mode!r} (valid: 'global', 'local')")
+    if a.dist_mode not in DIST_MODES:
+        raise ValueError(f"Invalid dist_mode: {a.dist_mode!r} (valid: "
+                         f"{', '.join(map(repr, DIST_MODES))})")
+    if a.dist_mode == "global-sharded" and seng_options["sketch"] in (None, "auto"):
+        raise ValueError(f"Invalid dist_mode: 'global-sharded' with sketch "
+                         f"{seng_options['sketch']!r} (sharding applies to sketched layers: "
+                         "give a sketch family)")
     device = _device(a.device)
     nproc, world = parallel.plan(a.nproc, device)
     if a.batch_size % nproc:
