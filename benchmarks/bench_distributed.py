@@ -30,7 +30,7 @@ from seng.distributed import DistributedSENGPreconditioner
 SKETCH_SIZE = 256  # coordinates per layer (s)
 
 METHODS = ("ddp-sgd", "seng-local", "seng-global", "seng-global-sketch",
-           "seng-global-sharded")
+           "seng-global-sharded", "seng-global-auto")
 
 
 def make_model() -> nn.Module:
@@ -71,10 +71,10 @@ def run_method(method: str, rank: int, world: int, batch: int, steps: int, repea
         net = model
         mode = "local" if method == "seng-local" else "global"
         sketch = {}
-        if method in ("seng-global-sketch", "seng-global-sharded"):
+        if method in ("seng-global-sketch", "seng-global-sharded", "seng-global-auto"):
             sketch = {"sketch": "countsketch", "sketch_size": SKETCH_SIZE}
-        if method == "seng-global-sharded":
-            sketch["factors"] = "sharded"
+        if method in ("seng-global-sharded", "seng-global-auto"):
+            sketch["factors"] = method.rsplit("-", 1)[1]
         pre = DistributedSENGPreconditioner(model, damping=1.0, update_freq=update_freq,
                                             mode=mode, **sketch)
     g = torch.Generator().manual_seed(rank)
@@ -115,6 +115,7 @@ def run_method(method: str, rank: int, world: int, batch: int, steps: int, repea
         gather = {"gather_bytes": sum(b for op, b in curv[0] if op == "all_gather"),
                   "gathers": sum(op == "all_gather" for op, _ in curv[0])}
     return {"time": min(times), "bytes_plain": nbytes(plain), "bytes_curv": nbytes(curv),
+            "bytes_mean": nbytes([s for _, s in per_step]),
             "wire_plain": wire(plain), "wire_curv": wire(curv),
             "params": sum(p.numel() for p in model.parameters()),
             "layers": 0 if pre is None else len(pre.layer_info()), **gather}
@@ -202,21 +203,23 @@ def main() -> None:
     p = results[1]["ddp-sgd"]["params"]
     print(f"model: small CNN, {p} parameters ({4 * p} gradient bytes); {args.batch} samples "
           f"per process; update_freq={args.update_freq}; gloo on CPU, 1 thread per process")
-    print(f"\n{'method':<20} {'bytes/step':>12} {'curv. step':>12} {'vs DDP':>8} "
-          f"{'wire/step':>11} {'gathered':>10} {'t(1) ms':>8} {'t(2) ms':>8} {'t2/t2 DDP':>9}")
+    print(f"\n{'method':<20} {'bytes/step':>12} {'curv. step':>12} {'mean/step':>11} "
+          f"{'vs DDP':>8} {'wire/step':>11} {'gathered':>10} {'t(1) ms':>8} {'t(2) ms':>8} "
+          f"{'t2/t2 DDP':>9}")
     ddp2 = results[2]["ddp-sgd"]
     for m in METHODS:
         r1, r2 = results[1][m], results[2][m]
         plain = r2["bytes_plain"]
         print(f"{m:<20} {plain:>12.0f} {r2['bytes_curv'] or plain:>12.0f} "
-              f"{plain / ddp2['bytes_plain']:>8.5f} {r2['wire_plain']:>11.0f} "
+              f"{r2['bytes_mean']:>11.0f} {r2['bytes_mean'] / ddp2['bytes_mean']:>8.5f} "
+              f"{r2['wire_plain']:>11.0f} "
               f"{r2.get('gather_bytes', 0):>10} {1e3 * r1['time']:>8.2f} "
               f"{1e3 * r2['time']:>8.2f} {r2['time'] / ddp2['time']:>9.2f}")
     layers = results[2]["seng-global"]["layers"]
     target = args.batch * SKETCH_SIZE * 4
     print(f"\ngathered on a curvature step by one rank (s={SKETCH_SIZE}, {layers} layers; "
           f"target n*s*4 = {target} bytes per layer, {target * layers} in all):")
-    for m in ("seng-global", "seng-global-sketch", "seng-global-sharded"):
+    for m in ("seng-global", "seng-global-sketch", "seng-global-sharded", "seng-global-auto"):
         got = results[2][m]["gather_bytes"]
         print(f"  {m:<20} {got:>9} bytes in {results[2][m]['gathers']} all-gathers: "
               f"{'met' if got <= target * layers else 'MISSED'}")

@@ -28,13 +28,14 @@ from torch import nn
 import sketchlinalg as sl
 from sketchlinalg._backend import all_finite
 
+from . import _hyper
 from ._capture import leading
 from .optimizer import SENG
 from .preconditioner import Damping, SENGPreconditioner, UpdateFreq, _Layer
 from .routes.persample import REPRESENTATIONS, PerSampleGrads
 
 MODES = ("global", "local")
-FACTORS = ("replicated", "sharded")
+FACTORS = ("replicated", "sharded", "auto")
 
 
 class DistributedSENGPreconditioner(SENGPreconditioner):
@@ -90,15 +91,18 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
     broadcast_parameters : bool
         Overwrite every rank's parameters and buffers with rank 0's at construction (as
         ``DistributedDataParallel`` does), so the replicas start identical. Default True.
-    factors : {"replicated", "sharded"}
+    factors : {"replicated", "sharded", "auto"}
         Global mode, layers on a sketch route (``sketch=`` a family, or a per-layer route):
         gather every rank's exact compact factors on curvature steps, so that each rank
         holds the whole ``U`` and a step needs no communication beyond the gradient
         all-reduce (``"replicated"``, the default); or gather only the sketches and keep
         each rank's factors local (``"sharded"``: fewer bytes on curvature steps, less
-        memory per rank, two more collectives per sketched layer on every step). Both give
-        the direction of one process on the global batch. Exact, low-rank and ``"auto"``
-        layers are always replicated.
+        memory per rank, one more all-gather and all-reduce, shared by all sharded layers,
+        on every step); or decide per layer at each refresh by the bytes either moves until
+        the next refresh (``"auto"``, the rule is in the distributed guide; the choice shows
+        in :meth:`layer_info` as a ``"sharded-..."`` store). All give the direction of one
+        process on the global batch. Exact, low-rank and ``"auto"``-route layers are always
+        replicated.
     **options
         Further keyword arguments of :class:`~seng.SENGPreconditioner`. ``rng`` is taken
         from rank 0 (its seed is broadcast), so sketches agree on every rank.
@@ -149,9 +153,9 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
             raise ValueError(f"Invalid mode value: {mode!r} (valid: 'global', 'local')")
         if factors not in FACTORS:
             raise ValueError(f"Invalid factors value: {factors!r} (valid: 'replicated', "
-                             "'sharded')")
-        if factors == "sharded" and mode != "global":
-            raise ValueError("factors='sharded' applies to mode='global' only (local mode "
+                             "'sharded', 'auto')")
+        if factors != "replicated" and mode != "global":
+            raise ValueError(f"factors={factors!r} applies to mode='global' only (local mode "
                              "never gathers factors)")
         if (isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float))
                 or not math.isfinite(bucket_cap_mb) or bucket_cap_mb <= 0):
@@ -280,30 +284,49 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         return leading(calls[0].payload) * self.accumulation_steps
 
     # -- curvature gather ------------------------------------------------------------------
-    def _gather_samples(self, layer: _Layer, rep: PerSampleGrads) -> PerSampleGrads:
-        r"""All-gather the per-sample gradients of ``layer`` (global mode).
+    def _curvature_samples(self, layer: _Layer, local: int) -> int:
+        """Global mode: the samples of every rank (so the local factors carry the global
+        ``1/sqrt(N)`` from the start)."""
+        if self.mode == "local" or self.world == 1:
+            return local
+        sizes = self._sizes[layer.name]
+        if local != sizes[self.rank]:
+            raise RuntimeError(f"layer {layer.name!r}: {local} per-sample gradients, "
+                               f"{sizes[self.rank]} announced (capture changed mid-step)")
+        return sum(sizes)
 
-        Rank ``r``'s factors were scaled by ``1/\sqrt{n_r}``; they are rescaled by
-        ``\sqrt{n_r / N}`` so that the gathered ``U`` has the global ``1/\sqrt{N}``. What is
-        gathered is what the route keeps: the exact route, the compact form (the fewer bytes
-        of factors and dense per-sample gradients); a sketch route, the compact form of each
-        rank's sketch ``S U_r`` (``S`` is the same on every rank: the seed is shared) for the
-        Gram and the compact exact form for ``U^T g`` and ``U alpha``; ``"auto"`` and
-        ``"lowrank"``, the factors themselves (their decisions and truncations need them).
+    def _gather_samples(self, layer: _Layer, rep: PerSampleGrads) -> PerSampleGrads:
+        """All-gather the per-sample gradients of ``layer`` (global mode).
+
+        What is gathered is what the route keeps: the exact route, the compact form (the
+        fewer bytes of factors and dense per-sample gradients); a sketch route, the compact
+        form of each rank's sketch ``S U_r`` (``S`` is the same on every rank: the seed is
+        shared) for the Gram, and unless the factors stay sharded, the compact exact form for
+        ``U^T g`` and ``U alpha``; ``"auto"`` and ``"lowrank"``, the factors themselves
+        (their decisions and truncations need them).
         """
         if self.mode == "local" or self.world == 1:
             return rep
         sizes = self._sizes[layer.name]
-        if rep.n != sizes[self.rank]:
-            raise RuntimeError(f"layer {layer.name!r}: {rep.n} per-sample gradients, "
-                               f"{sizes[self.rank]} announced (capture changed mid-step)")
-        state = rep.state_dict()
-        key = "G" if "G" in state else "rows"
-        state[key] = state[key] * math.sqrt(rep.n / sum(sizes))
-        rep = REPRESENTATIONS[rep.kind].from_state(state, self._device)
         if layer.route in sl.KINDS:
-            return _GatheredSketch(self, rep, sizes, sharded=self.factors == "sharded")
+            return _GatheredSketch(self, rep, sizes, sharded=self._shard(rep, sizes))
         return self._gather_rep(rep.compact() if layer.route == "exact" else rep, sizes)
+
+    def _shard(self, rep: PerSampleGrads, sizes: list[int]) -> bool:
+        """Whether a sketched layer keeps its exact factors on their rank: always or never
+        by ``factors``; with ``"auto"``, when that moves fewer bytes per rank until the next
+        refresh (``F`` = the current update frequency steps) by the ring model: sharded
+        ``F (2 (W-1)/W p + (W-1) 4 n)`` (the ``U alpha`` all-reduce and ``U^T g``
+        all-gather of every step) against replicated ``(W-1) n b`` (the all-gather of the
+        compact factors, ``b`` bytes per sample), ``n`` the largest rank's samples. Both
+        sides are shapes and counts known to every rank, so every rank decides alike."""
+        if self.factors != "auto":
+            return self.factors == "sharded"
+        w, n = self.world, max(sizes)
+        freq = _hyper.update_freq_at(self.update_freq, self._step)
+        p_bytes = math.prod(rep.block_shape) * 4
+        sharded = freq * (2 * (w - 1) / w * p_bytes + (w - 1) * 4 * n)
+        return sharded < (w - 1) * n * 4 * rep.compact_entries()
 
     def _gather_rep(self, rep: PerSampleGrads, sizes: list[int]) -> PerSampleGrads:
         state = rep.state_dict()

@@ -363,7 +363,7 @@ class SENGPreconditioner:
         if work is None:
             return
         n = calls[0].n * self.accumulation_steps
-        nc = leading(work[0][0])
+        nc = self._curvature_samples(layer, leading(work[0][0]))
         scale = (n if self.loss_reduction == "mean" else 1.0) / math.sqrt(nc)
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             scale /= float(self.grad_scaler.get_scale())  # hooks saw the scaled loss
@@ -396,6 +396,11 @@ class SENGPreconditioner:
         return [(_cat_samples([_cast(calls[m * c + j].payload) for m in range(k)]),
                  _cat_samples([_cast(calls[m * c + j].grad) for m in range(k)]))
                 for j in range(c)]
+
+    def _curvature_samples(self, layer: _Layer, local: int) -> int:
+        """``N`` of ``U = [...] / sqrt(N)`` for ``local`` captured samples: ``local`` here;
+        the data-parallel subclass counts every rank's."""
+        return local
 
     def _gather_samples(self, layer: _Layer, rep: PerSampleGrads) -> PerSampleGrads:
         """The per-sample gradients of the whole curvature batch: ``rep`` itself here; the

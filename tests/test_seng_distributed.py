@@ -97,6 +97,9 @@ SCENARIOS = {
                                                      "sketch": "countsketch", "sketch_size": 6}),
     "global-conv-accumulation": dict(mode="global", conv=True, steps=3, micro=2, options={
         "damping": 0.5, "update_freq": 2, "accumulation_steps": 2}),
+    "global-conv-countsketch-auto": dict(mode="global", conv=True, steps=4, factors="auto",
+                                         options={"damping": 0.5, "update_freq": 2,
+                                                  "sketch": "countsketch", "sketch_size": 6}),
     "global-mlp-sum-loss": dict(mode="global", conv=False, steps=4, options={
         "damping": 0.5, "update_freq": 1, "loss_reduction": "sum"}),
     "local-mlp": dict(mode="local", conv=False, steps=2,
@@ -158,7 +161,8 @@ def _train_rank(rank, ckpt, *, mode, conv, steps, options, nan_step=None, save_a
             model.fc1.weight.grad[0, 0] = float("nan")
 
     record += run_steps(model, pre, opt, data, reduction, corrupt, micro)
-    return {"record": record, "counters": dict(pre.counters), "comm": comm}
+    return {"record": record, "counters": dict(pre.counters), "comm": comm,
+            "stores": [info["last"]["store"] for info in pre.layer_info()]}
 
 
 OPTIMIZER = dict(lr=0.1, momentum=0.9, weight_decay=0.01, damping=0.5, update_freq=2)
@@ -287,6 +291,15 @@ def test_sharded_factors_gather_only_sketches(runs):
         assert max(b for op, b in res["comm"][0] if op == "all_gather") > n * 6 * 8
 
 
+def test_auto_factors_shard_where_the_ring_model_says_fewer_bytes(runs):
+    """factors="auto", n = 6 per rank, W = 2, update_freq F = 2, float32-byte model:
+    conv (compact: 57 dense entries, p = 57): sharded 2 (228 + 24) = 504 < replicated
+    6 * 4 * 57 = 1368 bytes; fc1 (compact: 35 factor entries, p = 196): 2 (784 + 24) = 1616
+    > 840, replicated; fc2 (11 entries, p = 24): 2 (96 + 24) = 240 < 264, sharded."""
+    for res in runs["global-conv-countsketch-auto"]:
+        assert res["stores"] == ["sharded-dense", "kronecker", "sharded-kronecker"]
+
+
 def test_local_equals_dense_block_jacobi(runs):
     config = SCENARIOS["local-mlp"]
     results, damping = runs["local-mlp"], config["options"]["damping"]
@@ -400,6 +413,10 @@ def test_invalid_arguments():
         DistributedSENGPreconditioner(model, bucket_cap_mb=0)
     with pytest.raises(ValueError, match="process_group"):
         DistributedSENGPreconditioner(model, process_group=object())
+    with pytest.raises(ValueError, match="factors"):
+        DistributedSENGPreconditioner(model, factors="some")
+    with pytest.raises(ValueError, match="factors='auto' applies to mode='global'"):
+        DistributedSENGPreconditioner(model, mode="local", factors="auto")
     with pytest.raises(TypeError, match="broadcast_parameters"):
         DistributedSENGPreconditioner(model, broadcast_parameters=1)
     with pytest.raises(ValueError, match="mode"):

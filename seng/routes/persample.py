@@ -64,6 +64,10 @@ class PerSampleGrads:
         """The equivalent representation that holds the fewest bytes."""
         return self
 
+    def compact_entries(self) -> int:
+        """Entries per sample of :meth:`compact` (from the shapes alone)."""
+        return math.prod(self.block_shape)
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
@@ -203,8 +207,11 @@ class KroneckerFactors(PerSampleGrads):
 
     def compact(self) -> PerSampleGrads:
         dense = self.groups * self.da * self.dg
-        factors = self.groups * self.positions * (self.da + self.dg)
-        return self.to_dense() if dense <= factors else self
+        return self.to_dense() if dense <= self.compact_entries() else self
+
+    def compact_entries(self) -> int:
+        return min(self.groups * self.da * self.dg,
+                   self.groups * self.positions * (self.da + self.dg))
 
     # -- sketch ----------------------------------------------------------------------------
     def sketch_dims(self, size: int) -> tuple[int, int]:

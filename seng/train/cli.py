@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dist-mode", choices=DIST_MODES,
                    help="SENG's curvature with several processes: of the global batch (the "
                         "one-process direction; global-sharded keeps the sketched layers' "
-                        "per-sample factors on their process, with --sketch a family) or of "
-                        "each process's slice (default global)")
+                        "per-sample factors on their process, global-auto decides per layer "
+                        "by bytes, both with --sketch a family) or of each process's slice "
+                        "(default global)")
     g = p.add_argument_group("output")
     g.add_argument("--target", type=float, help="test accuracy to reach (default 0.97)")
     g.add_argument("--device", help="cpu (default), cuda, cuda:N")

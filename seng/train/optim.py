@@ -15,7 +15,7 @@ from seng.distributed import DistributedSENG
 #: Names accepted by :func:`make_optimizer`.
 OPTIMIZERS = ("seng", "sgd", "adam", "adamw")
 #: SENG's data-parallel modes in ``seng.train`` (``--dist-mode``).
-DIST_MODES = ("global", "global-sharded", "local")
+DIST_MODES = ("global", "global-sharded", "global-auto", "local")
 #: Names accepted by :class:`Schedule`.
 SCHEDULES = ("constant", "poly", "cosine", "step")
 
@@ -32,9 +32,9 @@ def make_optimizer(name: str, model: nn.Module, lr: float, *, momentum: float = 
     ``"adamw"``: AdamW with decoupled weight decay (Loshchilov and Hutter 2019). Adam and
     AdamW use PyTorch's default betas (0.9, 0.999) and ignore ``momentum``.
 
-    ``dist_mode`` (one of :data:`DIST_MODES`; ``"global-sharded"`` is global mode with
-    ``factors="sharded"``) makes ``"seng"`` a :class:`seng.distributed.DistributedSENG`
-    in that mode, which reduces the gradients over
+    ``dist_mode`` (one of :data:`DIST_MODES`; ``"global-sharded"`` and ``"global-auto"``
+    are global mode with ``factors="sharded"`` or ``"auto"``) makes ``"seng"`` a
+    :class:`seng.distributed.DistributedSENG` in that mode, which reduces the gradients over
     the default process group itself (do not wrap the model in ``DistributedDataParallel``
     for it); the other optimizers ignore it (wrap their model in DDP).
     """

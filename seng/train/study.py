@@ -186,11 +186,12 @@ def train(
         on a ``DistributedDataParallel`` replica. Rank 0 writes every file; the logged
         losses and accuracies are over all ranks. Not part of the settings a resumed
         checkpoint must match.
-    dist_mode : {"global", "global-sharded", "local"}
+    dist_mode : {"global", "global-sharded", "global-auto", "local"}
         SENG's curvature with ``nproc`` > 1 (:class:`seng.distributed.DistributedSENG`):
         of the global batch (the one-process direction), the same with the sketched
-        layers' per-sample factors kept on their rank (``factors="sharded"``; needs a sketch
-        family) or of each rank's slice (block-Jacobi). Part of the settings a checkpoint
+        layers' per-sample factors kept on their rank (``factors="sharded"``, or per layer
+        by bytes with ``"auto"``; both need a sketch family) or of each rank's slice
+        (block-Jacobi). Part of the settings a checkpoint
         must match (with one process all are plain SENG).
 
     Returns
@@ -349,8 +350,8 @@ def _prepare(model: Any, data: Any, **kw: Any) -> _Study:
     if a.dist_mode not in DIST_MODES:
         raise ValueError(f"Invalid dist_mode: {a.dist_mode!r} (valid: "
                          f"{', '.join(map(repr, DIST_MODES))})")
-    if a.dist_mode == "global-sharded" and seng_options["sketch"] in (None, "auto"):
-        raise ValueError(f"Invalid dist_mode: 'global-sharded' with sketch "
+    if a.dist_mode.startswith("global-") and seng_options["sketch"] in (None, "auto"):
+        raise ValueError(f"Invalid dist_mode: {a.dist_mode!r} with sketch "
                          f"{seng_options['sketch']!r} (sharding applies to sketched layers: "
                          "give a sketch family)")
     device = _device(a.device)
