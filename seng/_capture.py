@@ -16,18 +16,35 @@ from .layers.base import LayerHelper, Payload
 
 
 class Call:
-    """One forward call of a module: its payload and (after backward) its output gradient."""
+    """One forward call of a module: its payload and (after backward) its output gradient.
 
-    __slots__ = ("grad", "n", "payload")
+    With ``reduce`` (the helper's :meth:`~seng.layers.base.LayerHelper.reduce`), the pair is
+    replaced by the helper's compact stand-in as soon as the gradient arrives, and ``grad``
+    stays None: the hooks then hold the stand-in instead of the input and output gradient.
+    """
 
-    def __init__(self, payload: Payload, n: int) -> None:
+    __slots__ = ("failed", "grad", "n", "payload", "received", "reduce", "reduced")
+
+    def __init__(self, payload: Payload, n: int, reduce: Any = None) -> None:
         self.payload = payload
         self.n = n
         self.grad: torch.Tensor | None = None
+        self.reduce = reduce
+        self.received = self.reduced = self.failed = False
 
     def add_grad(self, grad: torch.Tensor) -> None:
-        # A second backward through the same graph adds to the first, as for p.grad.
-        self.grad = grad if self.grad is None else self.grad + grad
+        if self.received:
+            if self.reduced:  # the input is gone: a second backward cannot be reduced
+                self.failed = True
+            else:  # a second backward through the same graph adds to the first (as p.grad)
+                self.grad = self.grad + grad
+            return
+        stand_in = None if self.reduce is None else self.reduce(self.payload, grad)
+        if stand_in is None:
+            self.grad = grad
+        else:
+            self.payload, self.reduced = stand_in, True
+        self.received = True
 
 
 def take(payload: Payload, index: torch.Tensor | None) -> Payload:
@@ -93,7 +110,7 @@ class Capture:
             payload = helper.capture_forward(inputs, output)
             n = leading(payload)
             index = self.subset(n)
-            call = Call(take(payload, index), n)
+            call = Call(take(payload, index), n, helper.reduce)
             self.calls[name].append(call)
             shape = target.shape
             hooked_tensor(target).register_hook(lambda grad: call.add_grad(
@@ -102,19 +119,20 @@ class Capture:
         self.handles.append(helper.module.register_forward_hook(forward_hook))
 
     def pop(self, name: str) -> tuple[list[Call], bool]:
-        """The calls of ``name`` that received a gradient, and whether their sample counts
-        disagree (then they cannot be summed per sample); forgets them."""
-        calls = [c for c in self.calls[name] if c.grad is not None]
+        """The calls of ``name`` that received a gradient, and whether they cannot be
+        combined (sample counts that disagree, or a second backward through a reduced call);
+        forgets them."""
+        calls = [c for c in self.calls[name] if c.received]
         self.handed_out.extend(self.calls[name])
         self.calls[name] = []
-        return calls, len({c.n for c in calls}) > 1
+        return calls, len({c.n for c in calls}) > 1 or any(c.failed for c in calls)
 
     def drop_completed(self) -> None:
         """Forget the calls whose backward has run (a step that was not taken), keeping those
         still waiting for it (``zero_grad`` between forward and backward is common)."""
         for name, calls in self.calls.items():
-            self.handed_out.extend(c for c in calls if c.grad is not None)
-            self.calls[name] = [c for c in calls if c.grad is None]
+            self.handed_out.extend(c for c in calls if c.received)
+            self.calls[name] = [c for c in calls if not c.received]
         self.release()
 
     def release(self) -> None:

@@ -278,8 +278,9 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         """Samples ``layer`` will contribute to this step's curvature (0: none usable), by
         the rules of the base ``_refresh``: calls that received a gradient, with one
         sample count, ``accumulation_steps`` micro-batches of them."""
-        calls = [c for c in self._capture.calls[layer.name] if c.grad is not None]
-        if not calls or len({c.n for c in calls}) > 1 or len(calls) % self.accumulation_steps:
+        calls = [c for c in self._capture.calls[layer.name] if c.received]
+        if (not calls or len({c.n for c in calls}) > 1 or any(c.failed for c in calls)
+                or len(calls) % self.accumulation_steps):
             return 0
         return leading(calls[0].payload) * self.accumulation_steps
 

@@ -353,9 +353,10 @@ class SENGPreconditioner:
     def _refresh(self, layer: _Layer, calls: list[Call], inconsistent: bool,
                  live: tuple[str, ...], k: int) -> None:
         if inconsistent:
-            self._warn(f"inconsistent:{layer.name}", f"layer {layer.name!r} was called on "
-                       "inputs with different leading (sample) dimensions in one step; its "
-                       "curvature is not updated this step")
+            self._warn(f"inconsistent:{layer.name}", f"layer {layer.name!r}: its captured "
+                       "calls cannot be combined (inputs with different leading (sample) "
+                       "dimensions in one step, or a second backward through a forward whose "
+                       "capture was already reduced); its curvature is not updated this step")
             return
         if not calls:
             return
@@ -572,14 +573,17 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _cast(x: Any) -> Any:
+    if x is None:
+        return None
     if isinstance(x, tuple):
         return tuple(_cast(t) for t in x)
     return x.to(_work_dtype(x.dtype)) if x.is_floating_point() else x
 
 
 def _cat_samples(parts: list[Any]) -> Any:
-    """Concatenate payloads (tensors or tuples of tensors) along the sample dimension."""
-    if len(parts) == 1:
+    """Concatenate payloads (tensors or tuples of tensors; None for the gradients of
+    reduced calls) along the sample dimension."""
+    if len(parts) == 1 or parts[0] is None:
         return parts[0]
     if isinstance(parts[0], tuple):
         return tuple(_cat_samples(list(p)) for p in zip(*parts, strict=True))

@@ -42,18 +42,24 @@ class AffineNormHelper(LayerHelper):
         w = self.module.weight if self.module.weight is not None else self.module.bias
         return w.numel()
 
+    def reduce(self, payload: Any, grad_output: torch.Tensor) -> torch.Tensor:
+        """``(N, 2, D)``: the unscaled ``u^{(w)}`` and ``u^{(b)}`` of one call, formed in the
+        backward hook (``N x 2D`` numbers instead of the input and the output gradient)."""
+        g = self.positions(work_float(grad_output))
+        if isinstance(payload, tuple):
+            payload = tuple(work_float(t) for t in payload)
+        else:
+            payload = work_float(payload)
+        return torch.stack([torch.einsum("npd,npd->nd", g, self.normalized(payload)),
+                            g.sum(dim=1)], dim=1)
+
     def per_sample(
-        self, calls: list[tuple[Any, torch.Tensor]], live: tuple[str, ...], scale: float
+        self, calls: list[tuple[Any, torch.Tensor | None]], live: tuple[str, ...], scale: float
     ) -> DenseGrads:
         rows = None
         for payload, gy in calls:
-            g = self.positions(gy)
-            parts = []
-            if "weight" in live:
-                parts.append(torch.einsum("npd,npd->nd", g, self.normalized(payload)))
-            if "bias" in live:
-                parts.append(g.sum(dim=1))
-            r = torch.cat(parts, dim=1)
+            r = payload if gy is None else self.reduce(payload, gy)
+            r = r[:, [k for k, n in enumerate(("weight", "bias")) if n in live]].flatten(1)
             rows = r if rows is None else rows + r  # several calls: the sum over calls
         return DenseGrads(rows * scale, (len(live), self.width))
 

@@ -11,8 +11,9 @@ preconditioner then, for every module of that type in the user's model:
    first; it is subsampled along that dimension when ``curvature_batch`` is set) and
    registers a tensor hook on :meth:`LayerHelper.hooked_output`, whose gradient goes
    through :meth:`LayerHelper.capture_grad` (also sample-first);
-2. in ``step()``, hands every recorded call ``(payload, grad_output)`` of the module to
-   :meth:`LayerHelper.per_sample`, which returns the per-sample gradients of the layer's
+2. in ``step()``, hands every recorded call ``(payload, grad_output)`` of the module (or
+   ``(stand-in, None)`` where :meth:`LayerHelper.reduce` replaced the pair in the backward
+   hook) to :meth:`LayerHelper.per_sample`, which returns the per-sample gradients of the layer's
    block as a :class:`~seng.routes.persample.PerSampleGrads` (a compact representation of
    ``U = [grad l_1, ..., grad l_N] / sqrt(N)``: Kronecker factors, a dense matrix, or a
    new representation class of your own);
@@ -67,6 +68,13 @@ class LayerHelper:
     def capture_grad(self, grad_output: torch.Tensor) -> torch.Tensor:
         """The recorded gradient of :meth:`hooked_output`, sample dimension first."""
         return grad_output
+
+    def reduce(self, payload: Payload, grad_output: torch.Tensor) -> Payload | None:
+        """Optional: a compact stand-in for one call's ``(payload, grad_output)``, computed in
+        the backward hook as soon as the gradient arrives, so that the hooks hold it instead
+        of the input and output gradient until ``step()``. :meth:`per_sample` then receives
+        ``(stand-in, None)`` for that call. None (the default) keeps the pair."""
+        return None
 
     def per_sample(
         self, calls: list[tuple[Payload, torch.Tensor]], live: tuple[str, ...], scale: float
