@@ -225,6 +225,40 @@ def test_frozen_parameters():
         "0": "exact", "4": "exact"}
 
 
+def test_conv_parameters_frozen_after_construction():
+    """Blocks of convolutions shrink to the parameters that still require gradients."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(),
+                          nn.Conv2d(3, 3, 3, stride=2), nn.Flatten(), nn.Linear(27, 2))
+    x, y = torch.randn(6, 2, 7, 7), torch.randint(0, 2, (6,))
+    pre = SENGPreconditioner(model, damping=DAMPING, update_freq=1)
+    model[0].bias.requires_grad_(False)  # block = weight only
+    model[2].weight.requires_grad_(False)  # block = bias only
+    batch_loss(model, ce, x, y, "mean").backward()
+    pre.step()
+    ps = per_sample_grads(model, ce, x, y)
+    check_block(model, ["0", "2", "4"], ps, full_grad(ps, "mean"), DAMPING)
+
+
+def test_second_backward_through_a_reduced_call_skips_the_refresh():
+    """A BatchNorm call is reduced in the backward hook and its input dropped: a second
+    backward through the same forward cannot be added, so that layer's curvature is not
+    updated (warned), never wrong; the other layers add the two backward passes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(),
+                          nn.Linear(75, 2))
+    x, y = torch.randn(4, 2, 7, 7), torch.randint(0, 2, (4,))
+    pre = SENGPreconditioner(model, damping=DAMPING, update_freq=1)
+    loss = batch_loss(model, ce, x, y, "mean")
+    loss.backward(retain_graph=True)
+    loss.backward()
+    with pytest.warns(RuntimeWarning) as record:
+        pre.step()
+    messages = " ".join(str(w.message) for w in record)
+    assert "cannot be combined" in messages and "no curvature" in messages
+    assert [r["last"] is not None for r in pre.layer_info()] == [True, False, True]
+
+
 def test_eval_and_no_grad_forwards_are_not_captured():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(4)
