@@ -243,6 +243,8 @@ class SENGPreconditioner:
                 if route == "lowrank" and not isinstance(helper, WeightBiasHelper):
                     raise ValueError(f"Invalid route value for {name}: 'lowrank' applies to "
                                      f"Linear and convolution layers, not {type(module).__name__}")
+                if route == "exact":  # helpers may then reduce calls in the backward hook
+                    helper.exact_params = tuple(params)
                 layers.append(_Layer(len(layers), name, module, helper, params, route))
         if self.fallback is not None:
             handled = {id(p) for layer in layers for p in layer.params.values()}

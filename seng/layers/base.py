@@ -53,6 +53,9 @@ class LayerHelper:
     module_types: ClassVar[tuple[type[nn.Module], ...]] = ()
     #: Attribute names of the parameters forming the block, in block order.
     param_names: ClassVar[tuple[str, ...]] = ("weight", "bias")
+    #: The block's parameters when the layer's route is exact (set by the preconditioner;
+    #: None otherwise): :meth:`reduce` may then form the exact compact per-sample gradients.
+    exact_params: tuple[str, ...] | None = None
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module

@@ -11,6 +11,7 @@ import torch.nn.grad
 from torch import nn
 
 from ..routes.persample import DenseGrads, KroneckerFactors
+from .affine import work_float
 from .base import WeightBiasHelper
 
 _WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight,
@@ -68,10 +69,37 @@ class ConvHelper(WeightBiasHelper):
         x = x.reshape(n, t, -1)
         return x.reshape(n, x.shape[1], self.groups, -1).transpose(1, 2)
 
+    def reduce(self, payload: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor | None:
+        """On the exact route, when the dense per-sample gradients are the compact form
+        (``d_a d_g <= T (d_a + d_g)``, the rule of
+        :meth:`~seng.routes.persample.KroneckerFactors.compact`): those gradients,
+        ``(N, groups, C_out/groups, d_a)`` for the block's parameters, formed in the backward
+        hook so that the input and output gradient need not be held until ``step()``."""
+        if self.exact_params is None:
+            return None
+        m = self.module
+        dg = m.out_channels // self.groups
+        da = (m.in_channels // self.groups * math.prod(m.kernel_size)
+              * ("weight" in self.exact_params) + ("bias" in self.exact_params))
+        positions = math.prod(grad_output.shape[2:])
+        if da * dg > positions * (da + dg):
+            return None
+        return self.weight_grads(work_float(payload), work_float(grad_output), self.exact_params)
+
     def per_sample(
-        self, calls: list[tuple[torch.Tensor, torch.Tensor]], live: tuple[str, ...], scale: float
-    ) -> ConvFactors:
+        self, calls: list[tuple[torch.Tensor, torch.Tensor | None]], live: tuple[str, ...],
+        scale: float
+    ) -> ConvFactors | DenseGrads:
+        if calls[0][1] is None:  # reduced in the backward hook (all calls alike)
+            W = sum(self._live_columns(w, live) for w, _ in calls)
+            return DenseGrads((W * scale).reshape(W.shape[0], -1), tuple(W.shape[1:]))
         return ConvFactors(self, [(x, gy * scale) for x, gy in calls], live)
+
+    def _live_columns(self, w: torch.Tensor, live: tuple[str, ...]) -> torch.Tensor:
+        """The columns of ``live`` in per-sample gradients laid out for ``exact_params``."""
+        if live == self.exact_params:
+            return w
+        return w[..., :-1] if live == ("weight",) else w[..., -1:]
 
     def weight_grads(self, x: torch.Tensor, gy: torch.Tensor, live: tuple[str, ...]
                      ) -> torch.Tensor:
