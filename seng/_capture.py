@@ -18,9 +18,9 @@ from .layers.base import LayerHelper, Payload
 class Call:
     """One forward call of a module: its payload and (after backward) its output gradient.
 
-    With ``reduce`` (the helper's :meth:`~seng.layers.base.LayerHelper.reduce`), the pair is
-    replaced by the helper's compact stand-in as soon as the gradient arrives, and ``grad``
-    stays None: the hooks then hold the stand-in instead of the input and output gradient.
+    Where ``reduce`` (the helper's :meth:`~seng.layers.base.LayerHelper.reduce`) returns a
+    compact stand-in when the gradient arrives, it replaces the payload and ``grad`` stays
+    None: the hooks then hold the stand-in instead of the input and output gradient.
     """
 
     __slots__ = ("failed", "grad", "n", "payload", "received", "reduce", "reduced")
