@@ -481,10 +481,10 @@ class DistributedSENG(SENG):
     ----------
     model, lr, momentum, weight_decay, damping, update_freq :
         As in :class:`~seng.SENG`.
-    mode, process_group, bucket_cap_mb, broadcast_parameters, factors :
-        As in :class:`DistributedSENGPreconditioner`.
     **preconditioner_options
-        Further keyword arguments of :class:`~seng.SENGPreconditioner`.
+        Keyword arguments of :class:`DistributedSENGPreconditioner` (``mode``,
+        ``process_group``, ``bucket_cap_mb``, ``broadcast_parameters``, ``factors``) and of
+        :class:`~seng.SENGPreconditioner`.
 
     Notes
     -----
@@ -492,27 +492,6 @@ class DistributedSENG(SENG):
     """
 
     _preconditioner_type = DistributedSENGPreconditioner
-
-    def __init__(
-        self,
-        model: nn.Module,
-        lr: float,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        damping: Damping = 1.0,
-        update_freq: UpdateFreq = 10,
-        *,
-        mode: str = "global",
-        process_group: Any = None,
-        bucket_cap_mb: float = 25.0,
-        broadcast_parameters: bool = True,
-        factors: str = "replicated",
-        **preconditioner_options: Any,
-    ) -> None:
-        super().__init__(model, lr, momentum, weight_decay, damping, update_freq, mode=mode,
-                         process_group=process_group, bucket_cap_mb=bucket_cap_mb,
-                         broadcast_parameters=broadcast_parameters, factors=factors,
-                         **preconditioner_options)
 
 
 class _GatheredSketch(PerSampleGrads):
@@ -547,9 +526,6 @@ class _ShardedStore(PerSampleGrads):
         self.n = sum(sizes)
         self.block_shape = local.block_shape
         self.offset = sum(sizes[:owner.rank])
-
-    def apply_flops(self) -> float:
-        return self.local.apply_flops()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return self.local.tensors()

@@ -93,3 +93,15 @@ class Backend:
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> Backend:
     return Backend(request.param)
+
+
+@pytest.fixture
+def float64():
+    """torch's default dtype float64 for the test (the exactness oracles compare at float64
+    rounding); restored afterwards."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -13,6 +13,8 @@ from torch import nn
 from helpers import assert_close
 from seng import SENG, SENGPreconditioner
 
+pytestmark = pytest.mark.usefixtures("float64")
+
 DAMPING = 0.3
 K = 3  # micro-batches per step
 N_MICRO = 5
@@ -62,14 +64,6 @@ def make_case(name, n, gen):
         x, y = torch.randn(n, 4, generator=gen), torch.randn(n, 2, generator=gen)
         return model, x, y, mse, ["inp", "shared", "head"]
     raise ValueError(name)
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 def accumulate(model, loss_fn, x, y, reduction):

@@ -19,7 +19,8 @@ from seng.routes.persample import KroneckerFactors
 
 DAMPING = 0.3
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
+pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same'"),
+              pytest.mark.usefixtures("float64")]
 
 
 # -- oracle --------------------------------------------------------------------------------
@@ -117,14 +118,6 @@ def make_case(name, n, gen):
 
 
 MODELS = ["mlp", "tokens", "cnn", "grouped_dilated2d", "conv1d", "conv3d"]
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -22,16 +22,10 @@ from torch import nn
 from helpers import assert_close
 from seng import SENGPreconditioner
 
+pytestmark = pytest.mark.usefixtures("float64")
+
 DAMPING = 0.3
 FALLBACK = "(torch.func)"
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 class Custom(nn.Module):

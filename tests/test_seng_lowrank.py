@@ -167,14 +167,6 @@ def test_nonfinite_factors_give_nonfinite_gram():
 
 
 # -- through the preconditioner ----------------------------------------------------------------
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def ce(out, y):
     return F.cross_entropy(out, y, reduction="sum")
 

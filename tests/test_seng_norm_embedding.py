@@ -29,15 +29,9 @@ from seng.layers import helper_for
 from seng.layers.embedding import EmbeddingGrads
 from seng.routes import ROUTES
 
+pytestmark = pytest.mark.usefixtures("float64")
+
 DAMPING = 0.3
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 def ce(out, y):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torch.nn.grad
 from torch import nn
 
-from ..routes.persample import DenseGrads, KroneckerFactors
+from ..routes.persample import DenseGrads, KroneckerFactors, dense_is_compact
 from .affine import work_float
 from .base import WeightBiasHelper
 
@@ -77,14 +77,17 @@ class ConvHelper(WeightBiasHelper):
         hook so that the input and output gradient need not be held until ``step()``."""
         if self.exact_params is None:
             return None
-        m = self.module
-        dg = m.out_channels // self.groups
-        da = (m.in_channels // self.groups * math.prod(m.kernel_size)
-              * ("weight" in self.exact_params) + ("bias" in self.exact_params))
+        dg = self.module.out_channels // self.groups
         positions = math.prod(grad_output.shape[2:])
-        if da * dg > positions * (da + dg):
+        if not dense_is_compact(positions, self.block_width(self.exact_params), dg):
             return None
         return self.weight_grads(work_float(payload), work_float(grad_output), self.exact_params)
+
+    def block_width(self, live: tuple[str, ...]) -> int:
+        """``d_a``: the block's columns per group (input patch, and one for the bias)."""
+        m = self.module
+        per_in = m.in_channels // self.groups * math.prod(m.kernel_size)
+        return per_in * ("weight" in live) + ("bias" in live)
 
     def per_sample(
         self, calls: list[tuple[torch.Tensor, torch.Tensor | None]], live: tuple[str, ...],
@@ -141,9 +144,7 @@ class ConvFactors(KroneckerFactors):
         self.G = _cat([gy.reshape(gy.shape[0], g, gy.shape[1] // g, -1).transpose(2, 3)
                        for _, gy in calls])
         self.n, self.groups, self.positions, self.dg = self.G.shape
-        m = helper.module
-        per_in = m.in_channels // g * math.prod(m.kernel_size)
-        self.da = (per_in if "weight" in live else 0) + (1 if "bias" in live else 0)
+        self.da = helper.block_width(live)
         self.block_shape = (self.groups, self.dg, self.da)
         self._A: torch.Tensor | None = None
 

@@ -206,8 +206,7 @@ class KroneckerFactors(PerSampleGrads):
         return DenseGrads(W.reshape(self.n, -1), self.block_shape)
 
     def compact(self) -> PerSampleGrads:
-        dense = self.groups * self.da * self.dg
-        return self.to_dense() if dense <= self.compact_entries() else self
+        return self.to_dense() if dense_is_compact(self.positions, self.da, self.dg) else self
 
     def compact_entries(self) -> int:
         return min(self.groups * self.da * self.dg,
@@ -257,6 +256,12 @@ class KroneckerFactors(PerSampleGrads):
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> KroneckerFactors:
         return cls(state["A"].to(device), state["G"].to(device))
+
+
+def dense_is_compact(positions: int, da: int, dg: int) -> bool:
+    """Whether a ``d_g x d_a`` per-sample gradient holds no more numbers than its Kronecker
+    factors over ``positions`` rows (``d_a d_g <= T (d_a + d_g)``)."""
+    return da * dg <= positions * (da + dg)
 
 
 def _make_sketch(kind: str, d: int, m: int, rng: Any) -> sl.SketchingOperator:
