@@ -13,6 +13,7 @@ import itertools
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
@@ -28,6 +29,7 @@ __all__ = [
     "from_host",
     "namespace",
     "on_cpu",
+    "precision",
     "qr",
     "scatter_add_rows",
     "solve_triangular",
@@ -73,6 +75,46 @@ def compute_dtype(xp: Any, dtype: Any, name: str) -> Any:
         f"{name} must have a real floating dtype (float16, bfloat16, float32 or float64), "
         f"got {dtype}"
     )
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The dtypes of one computation: ``out``, the promoted dtype of its floating inputs (the
+    dtype of the result), and ``work``, the dtype it runs in (``compute_dtype(out)``), with
+    ``eps`` the unit roundoff of ``work``.
+
+    The one place of the half-precision rule: ``compute(x)`` casts an input to ``work`` and
+    ``result(x)`` casts a result back to ``out`` (neither copies when the dtype already fits).
+    """
+
+    xp: Any
+    out: Any
+    work: Any
+    eps: float
+
+    def compute(self, x: Any) -> Any:
+        """``x`` in the working dtype."""
+        return _astype(self.xp, x, self.work)
+
+    def result(self, x: Any) -> Any:
+        """``x`` in the result dtype."""
+        return _astype(self.xp, x, self.out)
+
+
+def precision(xp: Any, *dtypes: Any, name: str) -> Precision:
+    """The :class:`Precision` of a computation on inputs of ``dtypes`` (promoted by
+    ``xp.result_type``); ``name`` is the argument an unsupported dtype is blamed on."""
+    out = dtypes[0] if len(dtypes) == 1 else xp.result_type(*dtypes)
+    work = compute_dtype(xp, out, name)
+    return Precision(xp, out, work, float(xp.finfo(work).eps))
+
+
+def _astype(xp: Any, x: Any, dtype: Any) -> Any:
+    if x.dtype == dtype:
+        return x
+    if scipy.sparse.issparse(x):
+        return x.astype(dtype)
+    return xp.astype(x, dtype)
 
 
 def from_host(x: np.ndarray, like: Any, dtype: Any) -> Any:

@@ -115,6 +115,70 @@ def test_scipy_sparse_input(kind):
     assert_close(Y, S.to_dense() @ A.toarray(), factor=tol_factor(m))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_scipy_sparse_on_either_side(kind):
+    # B @ S.T with a sparse B (n, m) and Y @ S with a sparse Y (n, d): dense NumPy, as S @ A.
+    m, n, d = 300, 7, 16
+    S = make(kind, d, m, rng=3)
+    dense = S.to_dense()
+    B = scipy.sparse.random_array((n, m), density=0.1, format="csr", rng=4)
+    scale = float(np.abs(dense).sum(axis=1).max() * np.abs(B.toarray()).max())
+    for Bs in (B, scipy.sparse.csr_matrix(B), B.tocsc(), B.astype(np.float32)):
+        Z = Bs @ S.T
+        assert isinstance(Z, np.ndarray) and Z.shape == (n, d) and Z.dtype == Bs.dtype
+        assert_close(Z, B.toarray() @ dense.T, factor=tol_factor(m), dtype=Bs.dtype,
+                     scale=scale)
+    Y = scipy.sparse.random_array((n, d), density=0.3, format="csr", rng=5)
+    W = Y @ S
+    assert isinstance(W, np.ndarray) and W.shape == (n, m)
+    assert_close(W, Y.toarray() @ dense, factor=tol_factor(d),
+                 scale=float(np.abs(dense).sum(axis=0).max() * np.abs(Y.toarray()).max()))
+    with pytest.raises(ValueError, match="shape mismatch: B has shape"):
+        scipy.sparse.csr_array(np.ones((2, m + 1))) @ S.T
+    with pytest.raises(TypeError, match="B must have a real floating dtype"):
+        scipy.sparse.csr_array(np.ones((2, m), dtype=np.int64)) @ S.T
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_and_zero_column_inputs(kind, backend):
+    # Regression: SRHT raised ZeroDivisionError on S @ np.zeros((m, 0)).
+    d, m = 8, 50
+    S = make(kind, d, m, rng=6)
+    for dtype in DTYPES:
+        cases = [(S @ backend.asarray(np.zeros((m, 0)), dtype), (d, 0)),
+                 (S.T @ backend.asarray(np.zeros((d, 0)), dtype), (m, 0)),
+                 (backend.asarray(np.zeros((0, m)), dtype) @ S.T, (0, d)),
+                 (backend.asarray(np.zeros((0, d)), dtype) @ S, (0, m))]
+        like = backend.asarray(np.zeros(1), dtype)
+        for Y, shape in cases:
+            assert type(Y) is type(like) and tuple(Y.shape) == shape and Y.dtype == like.dtype
+    Y = S @ scipy.sparse.csr_array((m, 0))
+    assert isinstance(Y, np.ndarray) and Y.shape == (d, 0)
+    assert (scipy.sparse.csr_array((0, m)) @ S.T).shape == (0, d)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_to_dense_dtype_rule(kind, backend):
+    # One rule for every family: like=None gives NumPy float64; a floating like gives its
+    # backend and dtype (half precision computed in float32); any other like is a TypeError
+    # naming it. Regression: GaussianSketch.to_dense(like=<int array>) returned an int matrix.
+    S = make(kind, 6, 40, rng=7)
+    ref = S.to_dense()
+    assert isinstance(ref, np.ndarray) and ref.dtype == np.float64 and ref.shape == (6, 40)
+    for dtype in (np.float16, np.float32, np.float64):
+        like = backend.asarray(np.zeros(2), dtype)
+        D = S.to_dense(like=like)
+        assert type(D) is type(like) and D.dtype == like.dtype and tuple(D.shape) == (6, 40)
+        assert_close(D, ref, factor=tol_factor(40), dtype=dtype)
+        assert_close(S.T.to_dense(like=like), ref.T, factor=tol_factor(40), dtype=dtype)
+    for bad in (np.zeros(2, dtype=np.int64), np.zeros(2, dtype=bool),
+                np.zeros(2, dtype=np.complex128)):
+        with pytest.raises(TypeError, match="like must have a real floating dtype"):
+            S.to_dense(like=backend.asarray(bad))
+    with pytest.raises(TypeError, match="like must be a NumPy, PyTorch or CuPy array"):
+        S.to_dense(like=[0.0])
+
+
 # -- isometry: E[S^T S] = I and E ||S x||^2 = ||x||^2 ----------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 def test_isometry_in_expectation(kind):

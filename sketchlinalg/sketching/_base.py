@@ -58,7 +58,10 @@ class SketchingOperator:
         return self._cache[ident]
 
     def _dense_call(self, A: Any, rows: int, name: str, fn: Callable[[Any, Any], Any]) -> Any:
-        xp, work = check_dense(A, name)
+        """``fn`` (``S @ X`` or ``S.T @ X``) on the dense ``A`` with ``rows`` rows, computed in
+        the working dtype and returned in ``A``'s; no columns give an empty result."""
+        xp, _ = check_dense(A, name)
+        prec = _backend.precision(xp, A.dtype, name=name)
         if A.shape[0] != rows:
             raise ValueError(
                 f"shape mismatch: {name} has {A.shape[0]} rows but the operator needs {rows} "
@@ -66,28 +69,35 @@ class SketchingOperator:
             )
         vector = A.ndim == 1
         X = A[:, None] if vector else A
-        if X.dtype != work:
-            X = xp.astype(X, work)
-        Y = fn(X, xp)
-        if Y.dtype != A.dtype:
-            Y = xp.astype(Y, A.dtype)
+        if X.shape[1] == 0:
+            out_rows = self.shape[0] + self.shape[1] - rows  # the other side of the operator
+            return xp.zeros((out_rows, 0), dtype=A.dtype, device=array_api_compat.device(A))
+        Y = prec.result(fn(prec.compute(X), xp))
         return Y[:, 0] if vector else Y
+
+    def _sparse_call(self, A: Any, name: str) -> np.ndarray:
+        """``S @ A`` for a scipy.sparse ``A`` of shape ``(m, n)``: dense NumPy, in ``A``'s
+        dtype (scipy.sparse has no half precision)."""
+        if A.ndim != 2 or A.shape[0] != self.shape[1]:
+            raise ValueError(
+                f"shape mismatch: {name} has shape {A.shape} but the operator needs "
+                f"{self.shape[1]} rows (operator shape {self.shape})"
+            )
+        if not np.issubdtype(A.dtype, np.floating):
+            raise TypeError(f"{name} must have a real floating dtype, got {A.dtype}")
+        if A.shape[1] == 0:
+            return np.zeros((self.shape[0], 0), dtype=A.dtype)
+        return self._apply_sparse(A).astype(A.dtype, copy=False)
 
     def __matmul__(self, A: Any) -> Any:
         if scipy.sparse.issparse(A):
-            if A.ndim != 2 or A.shape[0] != self.shape[1]:
-                raise ValueError(
-                    f"shape mismatch: A has shape {A.shape} but the operator needs "
-                    f"{self.shape[1]} rows (operator shape {self.shape})"
-                )
-            if not np.issubdtype(A.dtype, np.floating):
-                raise TypeError(f"A must have a real floating dtype, got {A.dtype}")
-            return self._apply_sparse(A).astype(A.dtype if A.dtype.itemsize >= 4 else np.float32)
+            return self._sparse_call(A, "A")
         return self._dense_call(A, self.shape[1], "A", self._apply)
 
     def __rmatmul__(self, Y: Any) -> Any:
         # Y @ S = (S.T @ Y.T).T with Y of shape (n, d).
-        _backend_check_2d(Y, "Y")
+        if not scipy.sparse.issparse(Y):
+            _backend_check_2d(Y, "Y")
         return _transpose(self.T @ _transpose(Y))
 
     @property
@@ -97,14 +107,21 @@ class SketchingOperator:
 
     def to_dense(self, like: Any = None) -> Any:
         """The ``d x m`` matrix, on the backend, device and dtype of ``like`` (NumPy float64
-        when ``like`` is None)."""
+        when ``like`` is None). ``like`` must be an array with a real floating dtype
+        (``TypeError`` otherwise); half precision is computed in float32."""
+        xp, prec = self._like(like)
+        like = np.zeros(1) if like is None else like
+        # The adjoint of the d x d identity: O(d m) memory, where S @ I_m would need m^2.
+        eye = xp.eye(self.shape[0], dtype=prec.work, device=array_api_compat.device(like))
+        return prec.result(self._apply_adjoint(eye, xp).T)
+
+    @staticmethod
+    def _like(like: Any) -> tuple[Any, _backend.Precision]:
+        """Validate the ``like`` of ``to_dense`` (the dtype rule every family shares)."""
         if like is None:
             like = np.zeros(1)
-        xp, work = check_dense(like, "like", ndim=tuple(range(8)))
-        # The adjoint of the d x d identity: O(d m) memory, where S @ I_m would need m^2.
-        eye = xp.eye(self.shape[0], dtype=work, device=array_api_compat.device(like))
-        D = self._apply_adjoint(eye, xp).T
-        return D if D.dtype == like.dtype else xp.astype(D, like.dtype)
+        xp, _ = check_dense(like, "like", ndim=tuple(range(8)))
+        return xp, _backend.precision(xp, like.dtype, name="like")
 
     def __repr__(self) -> str:
         d, m = self.shape
@@ -131,6 +148,13 @@ class Adjoint:
 
     def __rmatmul__(self, B: Any) -> Any:
         # B @ S.T = (S @ B.T).T with B of shape (n, m) or (m,).
+        if scipy.sparse.issparse(B):  # dense NumPy, as S @ B
+            if B.ndim != 2 or B.shape[1] != self.shape[0]:
+                raise ValueError(
+                    f"shape mismatch: B has shape {B.shape} but B @ S.T needs {self.shape[0]} "
+                    f"columns (S.T shape {self.shape})"
+                )
+            return self.op._sparse_call(B.T, "B").T
         if getattr(B, "ndim", None) == 1:
             return self.op @ B
         _backend_check_2d(B, "B")

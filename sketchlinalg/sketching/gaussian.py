@@ -47,6 +47,8 @@ class GaussianSketch(SketchingOperator):
         return np.asarray((A.T @ self.matrix.T).T)
 
     def to_dense(self, like: Any = None) -> Any:
+        # The stored matrix itself, rounded once to like's dtype (same validation as the base).
+        self._like(like)
         if like is None:
             return self.matrix.copy()
         return _backend.from_host(self.matrix, like, like.dtype)
