@@ -18,13 +18,39 @@ def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     return int(value)
 
 
+def check_real(value: Any, name: str) -> float:
+    """A real scalar as a float: a Python or NumPy int or float, or a 0-d integer or floating
+    array of any backend (a NumPy array, a torch tensor). Bools and complex numbers raise
+    ``TypeError``; arrays with one or more dimensions raise ``ValueError``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got bool")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if hasattr(value, "ndim") and hasattr(value, "dtype"):
+        try:
+            xp = _backend.namespace(value)
+        except TypeError:
+            xp = None
+        if xp is not None:
+            if value.ndim != 0:
+                raise ValueError(
+                    f"{name} must be a scalar (a number or a 0-d array), got an array of shape "
+                    f"{tuple(value.shape)}"
+                )
+            if xp.isdtype(value.dtype, ("integral", "real floating")):
+                return float(value)
+            raise TypeError(f"{name} must be a real number, got a 0-d array of dtype "
+                            f"{value.dtype}")
+    raise TypeError(f"{name} must be a real number (or a 0-d array), got "
+                    f"{type(value).__name__}")
+
+
 def check_nonnegative(value: Any, name: str) -> float:
-    """A finite real scalar >= 0."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    """A finite real scalar >= 0 (see :func:`check_real` for what counts as a scalar)."""
+    value = check_real(value, name)
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
+    return value
 
 
 def check_dense(A: Any, name: str, *, ndim: tuple[int, ...] = (1, 2)) -> tuple[Any, Any]:

@@ -9,10 +9,11 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 import sketchlinalg as sl
-from helpers import assert_close, matrix_with_spectrum, orthonormal
+from helpers import assert_close, eps, matrix_with_spectrum, orthonormal
 
 M_ROWS, N = 200, 30
 EPS64 = float(np.finfo(np.float64).eps)
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 def ls_problem(cond, seed=0, consistent=False):
@@ -164,6 +165,65 @@ def test_lsqr_bad_input():
         sl.lsqr((lambda v: A @ v * np.nan, lambda u: A.T @ u), b)
 
 
+def half_dtypes(backend):
+    """The half-precision dtypes of a backend: float16 everywhere, bfloat16 on torch."""
+    if backend.name.startswith("torch"):
+        import torch
+
+        return [torch.float16, torch.bfloat16]
+    return [backend.xp.float16]
+
+
+def rounded(backend, X, dtype):
+    """``X`` on the backend in ``dtype``, and its exact float64 value on the host."""
+    Xh = backend.asarray(X).to(dtype) if backend.name.startswith("torch") \
+        else backend.asarray(X, dtype)
+    return Xh, backend.to_numpy(Xh).astype(np.float64)
+
+
+def half_factor(solve_factor, dtype):
+    # Computed in float32, then rounded once to the half format: the float32 error bound in
+    # units of the half format's eps, plus one rounding.
+    return 1 + solve_factor * EPS32 / eps(dtype)
+
+
+def test_lsqr_half_precision_round_trip(backend):
+    # Half inputs are computed in float32 and the result comes back in the input's dtype
+    # (regression: float32 was returned); the oracle is lstsq of the rounded data.
+    A, b = ls_problem(10)
+    for dtype in half_dtypes(backend):
+        Ah, A64 = rounded(backend, A, dtype)
+        bh, b64 = rounded(backend, b, dtype)
+        ref = np.linalg.lstsq(A64, b64, rcond=None)[0]
+        Aw = backend.asarray(A64, np.float32)  # callables see the float32 working vectors
+        for op in (Ah, (lambda v, Aw=Aw: Aw @ v, lambda u, Aw=Aw: Aw.T @ u)):
+            x, info = sl.lsqr(op, bh, maxiter=20 * N)
+            assert info["converged"] and x.dtype == dtype and type(x) is type(bh)
+            assert_close(x, ref, factor=half_factor(ls_factor(A64, b64, ref, "float32"), dtype))
+    # Mixed half and float32 inputs promote to float32.
+    x, _ = sl.lsqr(backend.asarray(A, np.float16), backend.asarray(b, np.float32))
+    assert x.dtype == backend.asarray(b, np.float32).dtype
+
+
+def test_lsqr_rmatvec_of_the_wrong_shape_is_named():
+    # Regression: a raw matmul error from the user's matvec on rmatvec's output.
+    A, b = ls_problem(10)
+    with pytest.raises(ValueError, match=r"rmatvec must return a vector of shape \(n,\)"):
+        sl.lsqr((lambda v: A @ v, lambda u: A[:, :-1].T @ u), b)
+    with pytest.raises(ValueError, match=r"rmatvec returned shape \(30, 1\)"):
+        sl.lsqr((lambda v: A @ v, lambda u: (A.T @ u)[:, None]), b)
+    with pytest.raises(ValueError, match=r"x0 has shape \(30,\) but rmatvec returned shape"):
+        sl.lsqr((lambda v: A @ v, lambda u: A[:, :-1].T @ u), b, x0=np.zeros(N))
+    calls = []
+
+    def drifting(u):  # right at first, one entry short afterwards
+        calls.append(1)
+        return A.T @ u if len(calls) == 1 else A[:, :-1].T @ u
+
+    with pytest.raises(ValueError, match=r"rmatvec\(u\) returned shape \(29,\), expected"):
+        sl.lsqr((lambda v: A @ v, drifting), b)
+
+
 # ---------------------------------------------------------------- PCG
 
 
@@ -260,3 +320,18 @@ def test_pcg_bad_input():
         sl.pcg(A, b, rtol=-1.0)
     with pytest.raises(ValueError, match="x0"):
         sl.pcg(A, b, x0=np.ones(2))
+
+
+def test_pcg_half_precision_round_trip(backend):
+    # Regression: pcg returned float32 for half inputs.
+    cond = 10.0
+    A, b = spd_problem(cond, n=30)
+    for dtype in half_dtypes(backend):
+        Ah, A64 = rounded(backend, A, dtype)
+        bh, b64 = rounded(backend, b, dtype)
+        ref = np.linalg.solve(A64, b64)
+        Aw = backend.asarray(A64, np.float32)  # a callable sees the float32 working vectors
+        for op in (Ah, lambda v, Aw=Aw: Aw @ v):
+            x, info = sl.pcg(op, bh)
+            assert info["converged"] and x.dtype == dtype and type(x) is type(bh)
+            assert_close(x, ref, factor=half_factor(200 * np.linalg.cond(A64), dtype))

@@ -10,7 +10,7 @@ import array_api_compat
 import numpy as np
 
 from .. import _backend
-from .._validation import check_dense, check_finite
+from .._validation import check_dense, check_finite, check_real
 
 
 @dataclass
@@ -20,7 +20,8 @@ class DampedGramFactor:
     ``method`` is ``"cholesky"`` (``L`` lower triangular) or, when Cholesky failed,
     ``"eigh"`` (``w``, ``V`` with ``G = V diag(w) V^T`` and rounding-level negative ``w``
     clipped to 0). ``cond`` is the condition number of ``G + lam I`` (exact from eigh; from
-    Cholesky the lower bound ``(max L_ii / min L_ii)^2``).
+    Cholesky the lower bound ``(max L_ii / min L_ii)^2``). The factors are held in the
+    working dtype (float32 for a half-precision ``G``); ``dtype`` is ``G``'s own.
     """
 
     method: str
@@ -29,6 +30,7 @@ class DampedGramFactor:
     L: Any = None
     w: Any = None
     V: Any = None
+    dtype: Any = None
 
     @property
     def fallback(self) -> bool:
@@ -36,13 +38,21 @@ class DampedGramFactor:
         return self.method == "eigh"
 
     def solve(self, B: Any) -> Any:
-        """``(G + lam I)^{-1} B`` for ``B`` of shape ``(n,)`` or ``(n, k)``."""
+        """``(G + lam I)^{-1} B`` for ``B`` of shape ``(n,)`` or ``(n, k)``, computed in the
+        working dtype of the factors and returned in the promoted dtype of ``G`` and ``B``
+        (half precision in, half precision out)."""
+        F = self.L if self.method == "cholesky" else self.V
+        xp = _backend.namespace(F, B)
+        prec = _backend.precision(xp, F.dtype if self.dtype is None else self.dtype, B.dtype,
+                                  name="B")
+        B = prec.compute(B)
         if self.method == "cholesky":
-            Y = _backend.solve_triangular(self.L, B, lower=True)
-            return _backend.solve_triangular(self.L, Y, lower=True, trans=True)
-        VtB = self.V.T @ B
-        scale = 1.0 / (self.w + self.lam)
-        return self.V @ (VtB * (scale if B.ndim == 1 else scale[:, None]))
+            L = prec.compute(self.L)
+            Y = _backend.solve_triangular(L, B, lower=True)
+            return prec.result(_backend.solve_triangular(L, Y, lower=True, trans=True))
+        V, w = prec.compute(self.V), prec.compute(self.w)
+        scale = 1.0 / (w + self.lam)
+        return prec.result(V @ ((V.T @ B) * (scale if B.ndim == 1 else scale[:, None])))
 
 
 def damped_gram_factor(G: Any, lam: float) -> DampedGramFactor:
@@ -59,7 +69,8 @@ def damped_gram_factor(G: Any, lam: float) -> DampedGramFactor:
     Parameters
     ----------
     G : array of shape (n, n)
-        A symmetric PSD matrix of any backend (a Gram ``U^T U``), float32 or float64.
+        A symmetric PSD matrix of any backend (a Gram ``U^T U``): float32 or float64, or
+        float16/bfloat16, factored in float32 (``solve`` casts back).
     lam : float
         The shift, finite and > 0.
 
@@ -72,15 +83,19 @@ def damped_gram_factor(G: Any, lam: float) -> DampedGramFactor:
     if G.shape[0] != G.shape[1]:
         raise ValueError(f"G must be square, got shape {tuple(G.shape)}")
     check_finite(xp, G, "G")
-    lam = float(lam)
+    lam = check_real(lam, "lam")
     if not np.isfinite(lam) or lam <= 0:
         raise ValueError(f"lam must be finite and > 0, got {lam}")
+    dtype = G.dtype
+    G = _backend.precision(xp, dtype, name="G").compute(G)
     eye = xp.eye(G.shape[0], dtype=G.dtype, device=array_api_compat.device(G))
     L = _backend.cholesky(G + lam * eye)
     if L is not None:
         diag = _backend.to_host(xp.linalg.diagonal(L)).astype(np.float64)
-        return DampedGramFactor("cholesky", lam, float((diag.max() / diag.min()) ** 2), L=L)
+        return DampedGramFactor("cholesky", lam, float((diag.max() / diag.min()) ** 2), L=L,
+                                dtype=dtype)
     w, V = xp.linalg.eigh(G)
     w = xp.where(w > 0, w, xp.zeros_like(w))
     wh = _backend.to_host(w).astype(np.float64)
-    return DampedGramFactor("eigh", lam, float((wh.max() + lam) / (wh.min() + lam)), w=w, V=V)
+    return DampedGramFactor("eigh", lam, float((wh.max() + lam) / (wh.min() + lam)), w=w, V=V,
+                            dtype=dtype)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import backend_name, compute_dtype, namespace
+from .._backend import Precision, backend_name, namespace, precision
 from .._linop import as_matrix
 from .._validation import check_dense, check_finite, check_int, check_nonnegative
 
@@ -55,7 +55,8 @@ def lsqr(
     A : array of shape (m, n), scipy.sparse matrix, LinearOperator, or (matvec, rmatvec)
         A dense array of any backend, a sparse matrix or a ``LinearOperator`` (NumPy ``b``),
         or a pair of callables ``matvec(v) = A v`` and ``rmatvec(u) = A^T u`` that take and
-        return 1-D arrays of the backend of ``b``. Only products are used: the routine makes no
+        return 1-D arrays of the backend of ``b``, in the working dtype (float32 for a
+        half-precision ``b``). Only products are used: the routine makes no
         SciPy call of its own and runs on any backend.
     b : array of shape (m,)
     x0 : array of shape (n,), optional
@@ -78,7 +79,7 @@ def lsqr(
     -------
     x : array of shape (n,)
         On the backend and device of ``b``, in the promoted floating dtype of ``A`` and ``b``
-        (float16/bfloat16 computed in float32).
+        (``b``'s for callables); float16/bfloat16 are computed in float32 and cast back.
     info : dict
         ``"iterations"`` (int), ``"converged"`` (bool), ``"reason"`` (``"consistent"``,
         ``"least_squares"``, ``"exact"`` or ``"maxiter"``), ``"residuals"`` (NumPy array of
@@ -88,11 +89,11 @@ def lsqr(
     """
     xp, _ = check_dense(b, "b", ndim=(1,))
     check_finite(xp, b, "b")
-    matvec, rmatvec, work, ncols = _operator(A, b)
-    b = b if b.dtype == work else xp.astype(b, work)
+    matvec, rmatvec, prec, ncols = _operator(A, b)
+    b = prec.compute(b)
     # Default tolerances: a few ulps of the working precision (the preconditioned problems of
     # ridge have cond ~ 1, so this costs a handful of extra iterations, not a stall).
-    eps = float(np.finfo(np.dtype(str(work).replace("torch.", ""))).eps)
+    eps = prec.eps
     default_tol = (10 if eps < 1e-10 else 100) * eps
     atol = default_tol if atol is None else check_nonnegative(atol, "atol")
     btol = default_tol if btol is None else check_nonnegative(btol, "btol")
@@ -105,15 +106,16 @@ def lsqr(
         if ncols is not None and tuple(x0.shape) != (ncols,):
             raise ValueError(f"shape mismatch: x0 has shape {tuple(x0.shape)}, A has {ncols} "
                              f"columns")
-        x = x0 if x0.dtype == work else xp.astype(x0, work)
+        x = prec.compute(x0)
         u = b - _checked(matvec(x), b.shape, "matvec(x0)")
     beta = _norm(xp, u)
-    v = rmatvec(u / beta) if beta > 0 else rmatvec(u)
+    v = _first_rmatvec(rmatvec, u / beta if beta > 0 else u, ncols, A)
+    if x0 is not None and tuple(x0.shape) != tuple(v.shape):
+        raise ValueError(f"shape mismatch: x0 has shape {tuple(x0.shape)} but rmatvec returned "
+                         f"shape {tuple(v.shape)} (A has {v.shape[0]} columns)")
     n = v.shape[0]
     if x0 is None:
         x = xp.zeros_like(v)
-    elif x.shape != v.shape:
-        raise ValueError(f"shape mismatch: x0 has shape {tuple(x.shape)}, A has {n} columns")
     maxiter = 2 * n if maxiter is None else check_int(maxiter, "maxiter", minimum=0)
     miniter = check_int(miniter, "miniter", minimum=0)
 
@@ -121,14 +123,14 @@ def lsqr(
     residuals, normal_residuals = [beta], []
     if beta == 0:
         info.update(residuals=np.array(residuals), normal_residuals=np.zeros(1), anorm=0.0)
-        return x, info
+        return prec.result(x), info
     u = u / beta
     alpha = _norm(xp, v)
     normal_residuals.append(alpha * beta)
     if alpha == 0:  # A^T r0 = 0: x0 already solves the least-squares problem
         info.update(residuals=np.array(residuals), normal_residuals=np.array(normal_residuals),
                     anorm=0.0)
-        return x, info
+        return prec.result(x), info
     v = v / alpha
     w = v
     phibar, rhobar = beta, alpha
@@ -136,13 +138,13 @@ def lsqr(
     info.update(converged=False, reason="maxiter")
 
     for k in range(1, maxiter + 1):
-        u = _checked(matvec(v), b.shape, "matvec(v)") - alpha * u
+        u = _checked(_first_matvec(matvec, v, k, A), b.shape, "matvec(v)") - alpha * u
         beta = _norm(xp, u)
         _finite(beta)
         if beta > 0:
             u = u / beta
             anorm2 += alpha**2 + beta**2
-            v = rmatvec(u) - beta * v
+            v = _checked(rmatvec(u), (n,), "rmatvec(u)") - beta * v
             alpha = _norm(xp, v)
             _finite(alpha)
             if alpha > 0:
@@ -181,30 +183,58 @@ def lsqr(
             break
     info.update(residuals=np.array(residuals), normal_residuals=np.array(normal_residuals),
                 anorm=math.sqrt(anorm2))
-    return x, info
+    return prec.result(x), info
 
 
-def _operator(A: Operator, b: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any], Any,
-                                            int | None]:
-    """``(matvec, rmatvec, working dtype, columns)`` for an array, sparse matrix, LinearOperator
-    or a pair of callables (then the working dtype is ``b``'s and the columns unknown)."""
+def _operator(A: Operator, b: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any],
+                                            Precision, int | None]:
+    """``(matvec, rmatvec, precision, columns)`` for an array, sparse matrix, LinearOperator
+    or a pair of callables (then the dtypes are ``b``'s and the columns unknown). The result
+    dtype is the promotion of ``A``'s (the input's, before any half-to-float32 cast) and
+    ``b``'s."""
     xp = namespace(b)
     if isinstance(A, tuple):
         if len(A) != 2 or not all(callable(f) for f in A):
             raise TypeError("A given as a tuple must be (matvec, rmatvec), two callables")
-        return A[0], A[1], compute_dtype(xp, b.dtype, "b"), None
+        return A[0], A[1], precision(xp, b.dtype, name="b"), None
     M = as_matrix(A, "A")
     if M.shape[0] != b.shape[0]:
         raise ValueError(f"shape mismatch: A has shape {M.shape} but b has shape {tuple(b.shape)}")
     if M.kind != "dense":
         if backend_name(b) != "numpy":
             raise TypeError("b must be a NumPy array when A is a scipy.sparse matrix or operator")
-        work = compute_dtype(xp, xp.result_type(M.dtype, b.dtype), "b")
-        return M.matmat, M.rmatmat, work, M.shape[1]
+        return M.matmat, M.rmatmat, precision(xp, M.dtype, b.dtype, name="b"), M.shape[1]
     namespace(M.data, b)  # one backend for both
-    work = compute_dtype(xp, xp.result_type(M.data.dtype, b.dtype), "b")
-    data = M.data if M.data.dtype == work else xp.astype(M.data, work)
-    return (lambda v: data @ v), (lambda u: data.T @ u), work, M.shape[1]
+    prec = precision(xp, A.dtype, b.dtype, name="b")
+    data = prec.compute(M.data)
+    return (lambda v: data @ v), (lambda u: data.T @ u), prec, M.shape[1]
+
+
+def _first_rmatvec(rmatvec: Callable[[Any], Any], u: Any, ncols: int | None, A: Any) -> Any:
+    """The first ``A^T u``, checked: 1-D, and ``ncols`` long when the columns are known."""
+    v = rmatvec(u)
+    name = "rmatvec" if isinstance(A, tuple) else "A.T @ u"
+    shape = tuple(getattr(v, "shape", ()))
+    if len(shape) != 1 or (ncols is not None and shape[0] != ncols):
+        want = f"({ncols},)" if ncols is not None else "(n,), 1-D"
+        raise ValueError(f"{name} returned shape {shape} for u of shape {tuple(u.shape)}; it must "
+                         f"return A^T u, of shape {want}")
+    return v
+
+
+def _first_matvec(matvec: Callable[[Any], Any], v: Any, k: int, A: Any) -> Any:
+    """``A v``; at the first iteration (``v`` from ``rmatvec``), a failure of a user's
+    ``matvec`` on ``v`` is reported as ``rmatvec`` returning the wrong length."""
+    if k > 1 or not isinstance(A, tuple):
+        return matvec(v)
+    try:
+        return matvec(v)
+    except Exception as exc:
+        raise ValueError(
+            f"matvec failed on A^T u from rmatvec (shape {tuple(v.shape)}): rmatvec must return "
+            f"a vector of shape (n,), n the number of columns of A that matvec accepts "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _norm(xp: Any, v: Any) -> float:

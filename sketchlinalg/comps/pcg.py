@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import backend_name, compute_dtype, namespace
+from .._backend import Precision, backend_name, namespace, precision
 from .._linop import as_matrix
 from .._validation import check_dense, check_finite, check_int, check_nonnegative
 
@@ -47,7 +47,8 @@ def pcg(
     ----------
     A : array of shape (n, n), scipy.sparse matrix, LinearOperator, or callable
         A dense array of any backend, a sparse matrix or ``LinearOperator`` (NumPy ``b``), or
-        a callable ``matvec(v) = A v`` on 1-D arrays of the backend of ``b``. No SciPy call is
+        a callable ``matvec(v) = A v`` on 1-D arrays of the backend of ``b``, in the working
+        dtype (float32 for a half-precision ``b``). No SciPy call is
         made by the iteration itself.
     b : array of shape (n,)
     M : array of shape (n, n) or callable, optional
@@ -67,7 +68,7 @@ def pcg(
     -------
     x : array of shape (n,)
         On the backend and device of ``b``, in the promoted floating dtype of ``A`` and ``b``
-        (float16/bfloat16 computed in float32).
+        (``b``'s for a callable); float16/bfloat16 are computed in float32 and cast back.
     info : dict
         ``"iterations"``, ``"converged"`` (bool) and ``"residuals"``: a NumPy array of the
         recursively updated :math:`\|r_k\|_2`, :math:`k = 0, 1, \dots`.
@@ -82,10 +83,10 @@ def pcg(
     xp, _ = check_dense(b, "b", ndim=(1,))
     check_finite(xp, b, "b")
     n = b.shape[0]
-    matvec, work = _square_operator(A, b, "A")
-    precond = None if M is None else _square_operator(M, b, "M")[0]
-    b = b if b.dtype == work else xp.astype(b, work)
-    eps = float(np.finfo(np.dtype(str(work).replace("torch.", ""))).eps)
+    matvec, prec = _square_operator(A, b, "A")
+    precond = None if M is None else _square_operator(M, b, "M", prec)[0]
+    b = prec.compute(b)
+    eps = prec.eps
     rtol = (10 if eps < 1e-10 else 100) * eps if rtol is None else check_nonnegative(rtol, "rtol")
     atol = check_nonnegative(atol, "atol")
     maxiter = 10 * n if maxiter is None else check_int(maxiter, "maxiter", minimum=0)
@@ -98,14 +99,14 @@ def pcg(
         check_finite(xp, x0, "x0")
         if tuple(x0.shape) != (n,):
             raise ValueError(f"shape mismatch: x0 has shape {tuple(x0.shape)}, expected {(n,)}")
-        x = x0 if x0.dtype == work else xp.astype(x0, work)
+        x = prec.compute(x0)
         r = b - matvec(x)
     threshold = max(rtol * _norm(xp, b), atol)
     residuals = [_norm(xp, r)]
     info: dict[str, Any] = {"iterations": 0, "converged": residuals[0] <= threshold}
     if info["converged"]:
         info["residuals"] = np.array(residuals)
-        return x, info
+        return prec.result(x), info
     z = r if precond is None else precond(r)
     p = z
     rz = _dot(xp, r, z)
@@ -136,16 +137,18 @@ def pcg(
         p = z + (rz_new / rz) * p
         rz = rz_new
     info["residuals"] = np.array(residuals)
-    return x, info
+    return prec.result(x), info
 
 
-def _square_operator(A: Any, b: Any, name: str) -> tuple[Callable[[Any], Any], Any]:
-    """``(matvec, working dtype)`` for an n x n array, sparse matrix, LinearOperator or
-    callable (then the working dtype is ``b``'s)."""
+def _square_operator(A: Any, b: Any, name: str, prec: Precision | None = None
+                     ) -> tuple[Callable[[Any], Any], Precision]:
+    """``(matvec, precision)`` for an n x n array, sparse matrix, LinearOperator or callable
+    (then the dtypes are ``b``'s). A given ``prec`` (``A``'s, for the preconditioner ``M``)
+    fixes the working dtype ``M`` is applied in."""
     xp = namespace(b)
     n = b.shape[0]
     if callable(A) and not hasattr(A, "shape"):
-        return A, compute_dtype(xp, b.dtype, "b")
+        return A, precision(xp, b.dtype, name="b") if prec is None else prec
     Mx = as_matrix(A, name)
     if Mx.shape != (n, n):
         raise ValueError(
@@ -156,11 +159,11 @@ def _square_operator(A: Any, b: Any, name: str) -> tuple[Callable[[Any], Any], A
         if backend_name(b) != "numpy":
             raise TypeError(f"b must be a NumPy array when {name} is a scipy.sparse matrix or "
                             f"operator")
-        return Mx.matmat, compute_dtype(xp, xp.result_type(Mx.dtype, b.dtype), "b")
+        return Mx.matmat, precision(xp, Mx.dtype, b.dtype, name="b") if prec is None else prec
     namespace(Mx.data, b)  # one backend for both
-    work = compute_dtype(xp, xp.result_type(Mx.data.dtype, b.dtype), "b")
-    data = Mx.data if Mx.data.dtype == work else xp.astype(Mx.data, work)
-    return (lambda v: data @ v), work
+    own = precision(xp, A.dtype, b.dtype, name="b")
+    data = (own if prec is None else prec).compute(Mx.data)
+    return (lambda v: data @ v), own if prec is None else prec
 
 
 def _norm(xp: Any, v: Any) -> float:
