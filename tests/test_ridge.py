@@ -16,6 +16,7 @@ import sketchlinalg as sl
 from helpers import assert_close, eps, matrix_with_spectrum
 
 ridge_module = importlib.import_module("sketchlinalg.drivers.ridge")
+METHODS = ridge_module.METHODS
 
 M_ROWS, N = 2000, 40
 EXACT = ("direct", "sketch_precondition", "auto")
@@ -288,8 +289,12 @@ def test_bad_input():
         sl.ridge(A, b, tol=2.0)
     with pytest.raises(ValueError, match="maxiter"):
         sl.ridge(A, b, maxiter=-3)
-    with pytest.raises(ValueError, match="b must be 1-D"):
-        sl.ridge(A, np.ones((M_ROWS, 2)))
+    with pytest.raises(ValueError, match="b must be 1-D or 2-D"):
+        sl.ridge(A, np.ones((M_ROWS, 2, 1)))
+    with pytest.raises(ValueError, match="lam must be a scalar"):
+        sl.ridge(A, b, np.array([1.0]))
+    with pytest.raises(TypeError, match="lam must be a real number"):
+        sl.ridge(A, b, np.array(True))
     with pytest.raises(TypeError, match="A must"):
         sl.ridge(A.tolist(), b)
     with pytest.raises(TypeError, match="return_info"):
@@ -303,3 +308,188 @@ def test_mixed_backends_rejected():
         sl.ridge(torch.tensor(A), b)
     with pytest.raises(TypeError, match="NumPy"):
         sl.ridge(scipy.sparse.csr_array(A), torch.tensor(b))
+
+
+# -- inputs of every kind: rank deficiency, zero columns, half precision, several right-hand
+# -- sides, scalar arrays for lam, empty problems (regressions of issue 13) ------------------
+def rank_deficient(m=400, seed=7):
+    """A of rank 12 with 24 columns: 12 independent, 10 combinations of them, 2 exactly zero
+    (a zero column made ridge(A, b, 0) raise LinAlgError on NumPy and scipy.sparse)."""
+    rng = np.random.default_rng(seed)
+    B = matrix_with_spectrum(m, 12, np.logspace(0, -1, 12), rng=seed)
+    B[rng.random(B.shape) < 0.3] = 0.0  # sparse enough to be worth a scipy.sparse input
+    A = np.hstack([B[:, :5], np.zeros((m, 1)), B[:, 5:], B @ rng.standard_normal((12, 10)),
+                   np.zeros((m, 1))])
+    return A, rng.standard_normal(m)
+
+
+def lstsq_min_norm(A, b):
+    # The oracle with the documented rank rule: singular values <= max(m, n) eps sigma_1 are 0.
+    return scipy.linalg.lstsq(A, b, cond=max(A.shape) * eps("float64"))[0]
+
+
+def min_norm_factor(A, b, ref, rank):
+    s = np.linalg.svd(A, compute_uv=False)
+    r = np.linalg.norm(b - A @ ref, axis=0).max()
+    return wedin(s[0] / s[rank - 1], r, s[0], np.linalg.norm(ref, axis=0).min())
+
+
+def as_input(kind, A, backend=None):
+    if kind == "dense":
+        return A if backend is None else backend.asarray(A)
+    if kind == "csr":
+        return scipy.sparse.csr_array(A)
+    if kind == "csc_matrix":
+        return scipy.sparse.csc_matrix(A)
+    return scipy.sparse.linalg.aslinearoperator(A)
+
+
+@pytest.mark.parametrize("method", [*EXACT, "sketch_solve"])
+def test_rank_deficient_zero_columns_minimum_norm_dense(backend, method):
+    A, b = rank_deficient()
+    if method == "sketch_solve":  # exact only for a consistent b
+        b = A @ np.random.default_rng(8).standard_normal(A.shape[1])
+    ref = lstsq_min_norm(A, b)
+    x, info = sl.ridge(backend.asarray(A), backend.asarray(b), 0.0, method=method,
+                       return_info=True)
+    assert type(x) is type(backend.asarray(b))
+    assert "truncated SVD of R (rank 12 of 24)" in info["factorization"]
+    assert_close(x, ref, factor=min_norm_factor(A, b, ref, 12))
+
+
+@pytest.mark.parametrize("kind", ["csr", "csc_matrix", "operator"])
+@pytest.mark.parametrize("method", [*EXACT, "sketch_solve"])
+def test_rank_deficient_zero_columns_minimum_norm_sparse_and_operator(kind, method):
+    A, b = rank_deficient()
+    if method == "sketch_solve":
+        b = A @ np.random.default_rng(8).standard_normal(A.shape[1])
+    ref = lstsq_min_norm(A, b)
+    x, info = sl.ridge(as_input(kind, A), b, 0.0, method=method, return_info=True)
+    assert isinstance(x, np.ndarray)
+    assert "truncated SVD of R (rank 12 of 24)" in info["factorization"]
+    assert_close(x, ref, factor=min_norm_factor(A, b, ref, 12))
+
+
+def test_sparse_random_with_a_zero_column_default_method():
+    # The issue's input: scipy.sparse.random(20000, 300, density=3e-4) has an empty column
+    # and failed with the default method (singular triangular solve).
+    As = scipy.sparse.random(20000, 300, density=3e-4, random_state=0, format="csr")
+    assert np.any(np.asarray(abs(As).sum(axis=0)).ravel() == 0)
+    b = np.random.default_rng(0).standard_normal(20000)
+    x, info = sl.ridge(As, b, 0.0, return_info=True)
+    A = As.toarray()
+    ref = lstsq_min_norm(A, b)
+    rank = int(np.linalg.matrix_rank(A))
+    assert info["method"] == "sketch_precondition" and info["converged"]
+    assert f"rank {rank} of 300" in info["factorization"]
+    assert_close(x, ref, factor=min_norm_factor(A, b, ref, rank))
+
+
+@pytest.mark.parametrize("method", EXACT)
+def test_half_precision_round_trip(backend, method):
+    # float16 (and bfloat16 on torch) are computed in float32 and returned in the input's
+    # dtype (regression: NumPy float16 raised TypeError). Oracle: the float64 solution for the
+    # rounded data; bound: the float32 Wedin bound in half eps units plus one rounding.
+    A, b, _ = problem(10.0)
+    lam = 1e-2
+    halves = [np.float16]
+    if backend.name.startswith("torch"):
+        import torch
+
+        halves = [torch.float16, torch.bfloat16]
+    for dtype in halves:
+        if backend.name.startswith("torch"):
+            Ah, bh = backend.asarray(A).to(dtype), backend.asarray(b).to(dtype)
+        else:
+            Ah, bh = backend.asarray(A, dtype), backend.asarray(b, dtype)
+        A64, b64 = backend.to_numpy(Ah).astype(np.float64), backend.to_numpy(bh).astype(np.float64)
+        ref = dense_reference(A64, b64, lam)
+        x = sl.ridge(Ah, bh, lam, method=method)
+        assert x.dtype == dtype and type(x) is type(bh)
+        factor = 1 + ls_factor(A64, b64, lam, ref, "float32") * eps("float32") / eps(dtype)
+        assert_close(x, ref, factor=factor)
+
+
+@pytest.mark.parametrize("method,solver", [("direct", "lsqr"), ("auto", "lsqr"),
+                                           ("sketch_precondition", "lsqr"),
+                                           ("sketch_precondition", "cg"),
+                                           ("sketch_solve", "lsqr")])
+def test_several_right_hand_sides(backend, method, solver):
+    # A 2-D b of shape (m, k) gives x of shape (n, k), column j the solution for b[:, j]
+    # (as scipy.linalg.lstsq); the Krylov entries of info become per-column lists.
+    A, _, _ = problem(1e2)
+    rng = np.random.default_rng(9)
+    B = rng.standard_normal((M_ROWS, 3))
+    if method == "sketch_solve":
+        B = A @ rng.standard_normal((N, 3))  # exact only for consistent right-hand sides
+    lam = 0.0 if method == "sketch_solve" else 1e-2
+    ref = np.column_stack([dense_reference(A, B[:, j], lam) for j in range(3)])
+    X, info = sl.ridge(backend.asarray(A), backend.asarray(B), lam, method=method,
+                       solver=solver, rng=3, return_info=True)
+    assert tuple(X.shape) == (N, 3) and type(X) is type(backend.asarray(B))
+    factor = max(ls_factor(A, B[:, j], lam, ref[:, j]) for j in range(3))
+    if solver == "cg":
+        factor = 2 * STOP["float64"] * np.linalg.cond(augmented(A, B[:, 0], lam)[0]) ** 2
+    assert_close(X, ref, factor=factor)
+    # the same as one column at a time (same rng: same sketch)
+    for j in range(3):
+        xj = sl.ridge(backend.asarray(A), backend.asarray(B[:, j]), lam, method=method,
+                      solver=solver, rng=3)
+        assert_close(X[:, j], xj, factor=factor)
+    assert info["residual"].shape == (3,)
+    Aa = np.vstack([A, np.sqrt(lam) * np.eye(N)])
+    Ba = np.vstack([B, np.zeros((N, 3))])
+    Xh = backend.to_numpy(X)
+    true_res = np.linalg.norm(Aa @ Xh - Ba, axis=0)
+    # rounding of the residual: eps (|A_bar| |x| + |b|) per entry, sqrt(m) entries
+    scale = np.linalg.norm(Aa, 2) * np.linalg.norm(Xh, axis=0).max() + np.abs(B).max()
+    assert_close(info["residual"], true_res, factor=10 * np.sqrt(M_ROWS), scale=scale)
+    if info["method"] == "sketch_precondition":
+        assert len(info["iterations"]) == 3 and isinstance(info["converged"], bool)
+
+
+def test_several_right_hand_sides_sparse_and_operator():
+    A, _, x_true = problem(1e2)
+    A[np.random.default_rng(0).random(A.shape) < 0.5] = 0.0
+    Xt = np.column_stack([x_true, -x_true])
+    B = A @ Xt
+    for kind in ("csr", "operator"):
+        for method in ("direct", "sketch_precondition", "auto"):
+            X = sl.ridge(as_input(kind, A), B, method=method)
+            assert isinstance(X, np.ndarray) and X.shape == (N, 2)
+            assert_close(X, Xt, factor=10 * STOP["float64"] * np.linalg.cond(A))
+
+
+def test_lam_as_a_scalar_array(backend):
+    # Regression: a 0-d NumPy array or torch tensor lam raised TypeError.
+    A, b, _ = problem(10.0)
+    want = sl.ridge(A, b, 0.5)
+    for lam in (np.array(0.5), np.float32(0.5), backend.asarray(np.array(0.5))):
+        assert_close(sl.ridge(A, b, lam), want, factor=1)
+    with pytest.raises(ValueError, match=r"lam must be a scalar .* shape \(2,\)"):
+        sl.ridge(A, b, backend.asarray(np.array([0.5, 0.5])))
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr", "operator"])
+def test_zero_columns_and_empty_problems(backend, kind):
+    # Regression: an A with no columns hit NumPy's concatenate error (or divided by zero).
+    if kind != "dense" and backend.name != "numpy":
+        pytest.skip("sparse and operator inputs take NumPy b")
+    for method in METHODS:
+        b = backend.asarray(np.ones(10))
+        x, info = sl.ridge(as_input(kind, np.zeros((10, 0)), backend), b, 0.0, method=method,
+                           return_info=True)
+        assert tuple(x.shape) == (0,) and type(x) is type(b) and x.dtype == b.dtype
+        assert info["residual"] == pytest.approx(np.sqrt(10))
+        X = sl.ridge(as_input(kind, np.zeros((10, 0)), backend),
+                     backend.asarray(np.ones((10, 4))), 0.0, method=method)
+        assert tuple(X.shape) == (0, 4)
+        X = sl.ridge(as_input(kind, np.ones((10, 3)), backend), backend.asarray(np.ones((10, 0))),
+                     0.0, method=method)
+        assert tuple(X.shape) == (3, 0)
+    # no rows, lam > 0: x = (0 + lam I)^{-1} 0 = 0
+    x = sl.ridge(as_input(kind, np.zeros((0, 5)), backend), backend.asarray(np.zeros(0)), 1.0)
+    assert tuple(x.shape) == (5,) and np.all(backend.to_numpy(x) == 0)
+    # an all-zero A: rank 0, the minimum-norm solution is 0
+    x = sl.ridge(as_input(kind, np.zeros((10, 5)), backend), backend.asarray(np.ones(10)), 0.0)
+    assert np.all(backend.to_numpy(x) == 0)

@@ -30,7 +30,7 @@ AUTO_MIN_SIZE = 1 << 20
 def ridge(
     A: Any,
     b: Any,
-    lam: float = 0.0,
+    lam: Any = 0.0,
     *,
     method: str = "auto",
     rng: RNGLike = 0,
@@ -46,9 +46,21 @@ def ridge(
     Equivalently :math:`\min_x \|\bar A x - \bar b\|_2` with
     :math:`\bar A = [A; \sqrt{\lambda} I_n]`, :math:`\bar b = [b; 0]`, whose solution is
     :math:`x = (A^T A + \lambda I)^{-1} A^T b`. With :math:`\lambda = 0` and
-    :math:`m \ge n` this is ordinary least squares; a numerically rank-deficient ``A`` then
-    gets the minimum-norm solution on its numerical range (truncated SVD, reported in
-    ``info["factorization"]``).
+    :math:`m \ge n` this is ordinary least squares; a numerically rank-deficient ``A`` (an
+    exactly zero column included) then gets the minimum-norm solution on its numerical range,
+    as ``scipy.linalg.lstsq`` / ``numpy.linalg.lstsq`` give, with every method and input type
+    (truncated SVD, reported in ``info["factorization"]``).
+
+    **Rank rule** (that of ``numpy.linalg.lstsq`` and ``numpy.linalg.matrix_rank``):
+    singular values :math:`\sigma_i \le \max(m, n)\, \epsilon\, \sigma_1` count as zero,
+    :math:`\epsilon` the machine epsilon of the working dtype. The singular values are those of
+    the triangular factor :math:`R` of :math:`\bar A` (``"direct"``, equal to
+    :math:`\bar A`'s) or of :math:`[S A; \sqrt\lambda I]` (the sketch methods, equal to
+    :math:`\bar A`'s within the embedding distortion). They are computed (an
+    :math:`n \times n` SVD) only when the condition estimate of :math:`R` exceeds
+    :math:`0.1 / (\max(m, n)\, \epsilon)`, the estimate being a lower bound; the Cholesky
+    route is never taken for such a matrix (it needs :math:`\hat\kappa \le
+    \epsilon^{-1/4}`).
 
     ``method`` selects the algorithm:
 
@@ -83,10 +95,9 @@ def ridge(
         2024), which brings the forward error of inconsistent ill-conditioned problems to
         that of Householder QR. ``solver="cg"`` runs CG on the preconditioned normal
         equations instead: as fast, but for ill-conditioned ``A`` only as accurate as
-        normal equations (:math:`\epsilon \kappa^2`). A numerically singular :math:`R`
-        (:math:`\hat\kappa(R) > 1/(n \epsilon)`, only possible for :math:`\lambda \approx 0`)
-        is replaced by its SVD truncated at :math:`n \epsilon \sigma_1`, preconditioner
-        :math:`V_r \Sigma_r^{-1}`.
+        normal equations (:math:`\epsilon \kappa^2`). A numerically rank-deficient :math:`R`
+        (by the rank rule below; only possible for :math:`\lambda \approx 0`) is replaced by
+        its truncated SVD, preconditioner :math:`V_r \Sigma_r^{-1}`.
     ``"auto"``
         A ``scipy.sparse`` ``A`` (with :math:`m \ge n`) goes to ``"sketch_precondition"``
         (LSQR needs only products). A dense ``A`` that is not tall and large
@@ -107,10 +118,13 @@ def ridge(
         (``"direct"`` forms its Gram by a sparse product and densifies ``A`` only for its QR
         branch). A LinearOperator is densified once as ``A @ I_n`` (``n`` products: the same
         cost as forming any sketch :math:`S A` with ``sketch_size >= n``).
-    b : array of shape (m,)
-        On the backend and device of ``A`` (NumPy for sparse or operator ``A``).
+    b : array of shape (m,) or (m, k)
+        On the backend and device of ``A`` (NumPy for sparse or operator ``A``). A 2-D ``b``
+        holds ``k`` right-hand sides, solved with one factorization (and, for
+        ``"sketch_precondition"``, one Krylov run per column), as in ``scipy.linalg.lstsq``.
     lam : float
-        :math:`\lambda \ge 0`. ``lam = 0`` needs ``m >= n``.
+        :math:`\lambda \ge 0`: a number or a 0-d array of any backend (a NumPy array, a torch
+        tensor). ``lam = 0`` needs ``m >= n``.
     method : {"auto", "direct", "sketch_solve", "sketch_precondition"}
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Source of randomness (SPEC 7) for the sketches: an int or SeedSequence seeds a fresh
@@ -132,20 +146,26 @@ def ridge(
         ``"cond"`` (estimate of :math:`\mathrm{cond}(\bar A)`), ``"residual"``
         (:math:`\|\bar A x - \bar b\|`, computed explicitly), and where they apply
         ``"iterations"``, ``"converged"``, ``"residual_history"`` (the Krylov solver's
-        residual estimates), ``"sketch"``, ``"auto_reason"``, ``"note"``.
+        residual estimates), ``"sketch"``, ``"auto_reason"``, ``"note"``. With a 2-D ``b``,
+        ``"residual"`` is a NumPy array (one norm per column) and the Krylov entries are
+        lists with one entry per column (``"converged"``: whether all converged). An empty
+        problem (``n = 0`` or ``k = 0``) returns an empty ``x`` with
+        ``"factorization": "none"``.
 
     Returns
     -------
-    x : array of shape (n,)
+    x : array of shape (n,) or (n, k)
         On the backend and device of ``b``, in the promoted floating dtype of ``A`` and ``b``
-        (float16/bfloat16 computed in float32).
+        (float16/bfloat16 computed in float32 and cast back).
     info : dict
         Only with ``return_info=True``.
 
     Raises
     ------
     TypeError, ValueError
-        Unsupported objects or dtypes; shape mismatch; ``lam < 0`` or not finite; NaN or Inf
+        Unsupported objects or dtypes; shape mismatch (``b`` neither 1-D nor 2-D, or not
+        ``m`` rows); ``lam`` not a scalar (an array of one or more dimensions), ``lam < 0`` or
+        not finite; NaN or Inf
         in ``A`` or ``b``; ``lam = 0`` with ``m < n``; sketch methods with ``m < n``; a bad
         ``method``, ``sketch``, ``sketch_size``, ``solver``, ``tol`` or ``maxiter``.
     """
@@ -175,6 +195,13 @@ def ridge(
             raise ValueError(f"sketch_size must satisfy n <= sketch_size <= m ({n} <= d <= {m}),"
                              f" got {sketch_size}")
     gen = normalize_rng(rng)
+    if n == 0 or P.nrhs == 0:  # nothing to solve: x is empty (and exact)
+        x = P.finish(P.zeros((n, P.nrhs) if P.b.ndim == 2 else (n,)))
+        if return_info:
+            return x, {"method": "direct", "factorization": "none", "cond": math.nan,
+                       "note": f"empty problem (A of shape {(m, n)}, b of shape "
+                               f"{tuple(P.b.shape)}): x is empty", "residual": P.residual(x)}
+        return x
 
     info: dict[str, Any] = {}
     if method == "auto":
@@ -199,7 +226,7 @@ def ridge(
                     + pre.truncation, cond=pre.cond)
         x = pre.apply(pre.y0)
         if method == "sketch_precondition":
-            x, kinfo = _krylov(P, pre, sketch_size, solver, tol, maxiter)
+            x, kinfo = _krylov_columns(P, pre, sketch_size, solver, tol, maxiter)
             info.update(kinfo)
     if not bool(P.xp.all(P.xp.isfinite(x))):
         raise FloatingPointError(f"ridge ({info['method']}): the solution overflowed to NaN/Inf; "
@@ -216,13 +243,14 @@ class _Problem:
 
     def __init__(self, A: Any, b: Any, lam: Any) -> None:
         M = as_matrix(A, "A")
-        xb, _ = check_dense(b, "b", ndim=(1,))
+        xb, _ = check_dense(b, "b", ndim=(1, 2))
         m, n = M.shape
         if b.shape[0] != m:
             raise ValueError(
                 f"shape mismatch: A has shape {(m, n)} but b has shape {tuple(b.shape)}; b "
-                f"needs {m} entries"
+                f"needs {m} rows"
             )
+        self.nrhs = b.shape[1] if b.ndim == 2 else 1
         if M.kind == "dense":
             _backend.namespace(M.data, b)  # one backend for both
         elif _backend.backend_name(b) != "numpy":
@@ -234,18 +262,17 @@ class _Problem:
                 f"lam = 0 with m < n (A of shape {(m, n)}) is underdetermined; pass lam > 0"
             )
         self.xp, self.shape = xb, (m, n)
-        in_dtype = A.dtype if M.kind == "dense" else M.dtype
-        self.out_dtype = xb.result_type(in_dtype, b.dtype)
-        self.work = _backend.compute_dtype(xb, self.out_dtype, "b")
-        self.eps = float(np.finfo(np.dtype(str(self.work).replace("torch.", ""))).eps)
+        # A's input dtype (before as_matrix's half-to-float32 cast) and b's: the result dtype.
+        self.prec = _backend.precision(xb, A.dtype if M.kind == "dense" else M.dtype, b.dtype,
+                                       name="b")
+        self.work, self.eps = self.prec.work, self.prec.eps
         data = M.data
         if M.kind == "operator":  # densified once (documented)
-            data = M.matmat(np.eye(n, dtype=M.dtype))
+            data = M.matmat(np.eye(n, dtype=M.dtype)) if n > 0 else np.zeros((m, 0), M.dtype)
             check_finite(xb, data, "A @ I (LinearOperator)")
         self.sparse = M.kind == "sparse"
-        self.A = data.astype(self.work) if self.sparse else (
-            data if data.dtype == self.work else xb.astype(data, self.work))
-        self.b = b if b.dtype == self.work else xb.astype(b, self.work)
+        self.A = self.prec.compute(data)
+        self.b = self.prec.compute(b)
 
     def matvec(self, v: Any) -> Any:
         return self.A @ v
@@ -259,13 +286,21 @@ class _Problem:
     def eye(self, n: int) -> Any:
         return self.xp.eye(n, dtype=self.work, device=_device(self.b))
 
-    def finish(self, x: Any) -> Any:
-        return x if x.dtype == self.out_dtype else self.xp.astype(x, self.out_dtype)
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        return self.xp.zeros(shape, dtype=self.work, device=_device(self.b))
 
-    def residual(self, x: Any) -> float:
-        x = x if x.dtype == self.work else self.xp.astype(x, self.work)
-        r = float(self.xp.linalg.vector_norm(self.matvec(x) - self.b))
-        return math.hypot(r, math.sqrt(self.lam) * float(self.xp.linalg.vector_norm(x)))
+    def finish(self, x: Any) -> Any:
+        return self.prec.result(x)
+
+    def residual(self, x: Any) -> Any:
+        """``|A_bar x - b_bar|``: a float, or a NumPy array (one per column) for a 2-D ``b``."""
+        x = self.prec.compute(x)
+        Ax = self.matvec(x)
+        r = _backend.to_host(self.xp.linalg.vector_norm(
+            (np.asarray(Ax) if self.sparse else Ax) - self.b, axis=0)).astype(np.float64)
+        xn = _backend.to_host(self.xp.linalg.vector_norm(x, axis=0)).astype(np.float64)
+        res = np.hypot(r, math.sqrt(self.lam) * xn)
+        return float(res) if self.b.ndim == 1 else res
 
 
 def _auto_method(P: _Problem, gen: np.random.Generator) -> tuple[str, str]:
@@ -317,37 +352,47 @@ def _qr(P: _Problem) -> tuple[Any, dict[str, Any]]:
 
 
 def _augment(P: _Problem, top: Any, rhs: Any) -> Any:
-    """``[top rhs; sqrt(lam) I 0]`` (the last block only when lam > 0)."""
+    """``[top rhs; sqrt(lam) I 0]`` (the last block only when lam > 0); ``rhs`` of shape
+    ``(rows,)`` or ``(rows, k)``."""
     xp, n = P.xp, P.shape[1]
-    X = xp.concat([top, rhs[:, None]], axis=1)
+    R = rhs[:, None] if rhs.ndim == 1 else rhs
+    X = xp.concat([top, R], axis=1)
     if P.lam == 0:
         return X
-    return xp.concat([X, xp.concat([math.sqrt(P.lam) * P.eye(n), 0 * P.eye(n)[:, :1]], axis=1)],
-                     axis=0)
+    return xp.concat([X, xp.concat([math.sqrt(P.lam) * P.eye(n), P.zeros((n, R.shape[1]))],
+                                   axis=1)], axis=0)
 
 
 class _RightFactor:
-    r"""From the R factor of ``[X | c]`` (``X = Q R``, ``z = (Q^T c)_{1:n}``): ``N = R^{-1}``
-    and ``y0 = z``, so that ``N y0`` solves ``min |X x - c|``. When ``R`` is numerically
-    singular (cond estimate > ``1/(n eps)``), the SVD ``R = U \Sigma V^T`` truncated at
-    ``n eps sigma_1`` gives ``N = V_r \Sigma_r^{-1}``, ``y0 = U_r^T z`` and the minimum-norm
-    solution (the singular values of R are those of X)."""
+    r"""From the R factor of ``[X | C]`` (``X = Q R``, ``Z = (Q^T C)_{1:n}``, ``C`` of one or
+    more columns): ``N = R^{-1}`` and ``y0 = Z``, so that ``N y0`` solves ``min |X x - c|``
+    per column.
+
+    The rank rule (that of ``numpy.linalg.lstsq`` and ``matrix_rank``): singular values of
+    ``R`` (those of ``X``) at most ``max(m, n) eps sigma_1`` count as zero, ``m x n`` the shape
+    of ``A``. When the condition estimate of ``R`` exceeds a tenth of ``1/(max(m, n) eps)``
+    (a margin for the estimate, a lower bound; an exactly zero diagonal entry, as a zero
+    column of ``A`` gives, counts as infinite), the SVD ``R = U \Sigma V^T`` decides; if it
+    finds rank ``r < n``, ``N = V_r \Sigma_r^{-1}`` and ``y0 = U_r^T Z`` give the
+    minimum-norm solution on the numerical range."""
 
     def __init__(self, P: _Problem, Rt: Any) -> None:
-        xp, n = P.xp, P.shape[1]
-        self.R, z = Rt[:n, :n], Rt[:n, n]
+        xp, (m, n) = P.xp, P.shape
+        self.R, z = Rt[:n, :n], Rt[:n, n] if P.b.ndim == 1 else Rt[:n, n:]
         self.cond = _cond_triangular(xp, self.R, lower=False)
         self.V = None
         self.y0 = z
         self.truncation = ""
-        if self.cond > 1 / (n * P.eps):
+        rtol = max(m, n) * P.eps
+        if self.cond > 0.1 / rtol:
             U, s, Vh = xp.linalg.svd(self.R)
-            s_host = _backend.to_host(s)
-            r = int(np.sum(s_host > n * P.eps * s_host[0]))
-            self.V = Vh[:r, :].T / s[None, :r]  # V_r Sigma_r^{-1}
-            self.y0 = U[:, :r].T @ z
-            self.cond = float(s_host[0] / s_host[r - 1])
-            self.truncation = f" + truncated SVD of R (rank {r} of {n})"
+            s_host = _backend.to_host(s).astype(np.float64)
+            r = int(np.sum(s_host > rtol * s_host[0]))
+            self.cond = float(s_host[0] / s_host[r - 1]) if r > 0 else math.inf
+            if r < n:
+                self.V = Vh[:r, :].T / s[None, :r]  # V_r Sigma_r^{-1}
+                self.y0 = U[:, :r].T @ z
+                self.truncation = f" + truncated SVD of R (rank {r} of {n})"
 
     def apply(self, y: Any) -> Any:
         """``N y``."""
@@ -372,9 +417,24 @@ def _sketch_factor(P: _Problem, kind: str, d: int, gen: np.random.Generator) -> 
     return _RightFactor(P, _backend.qr_r(_augment(P, SA, S @ P.b)))
 
 
-def _krylov(P: _Problem, pre: _RightFactor, d: int, solver: str, tol: float | None,
-            maxiter: int | None) -> tuple[Any, dict[str, Any]]:
-    """LSQR on [A; sqrt(lam) I] N (or CG on its normal equations) from the sketch solution."""
+def _krylov_columns(P: _Problem, pre: _RightFactor, d: int, solver: str, tol: float | None,
+                    maxiter: int | None) -> tuple[Any, dict[str, Any]]:
+    """:func:`_krylov` on each column of a 2-D ``b``; the per-run entries of ``info`` become
+    lists with one entry per column (``converged``: all of them)."""
+    if P.b.ndim == 1:
+        return _krylov(P, pre, P.b, pre.y0, d, solver, tol, maxiter)
+    runs = [_krylov(P, pre, P.b[:, j], pre.y0[:, j], d, solver, tol, maxiter)
+            for j in range(P.nrhs)]
+    infos = [k for _, k in runs]
+    merged: dict[str, Any] = {key: [k[key] for k in infos] for key in infos[0]}
+    merged.update(solver=solver, converged=all(merged["converged"]))
+    return P.xp.stack([x for x, _ in runs], axis=1), merged
+
+
+def _krylov(P: _Problem, pre: _RightFactor, b: Any, y0: Any, d: int, solver: str,
+            tol: float | None, maxiter: int | None) -> tuple[Any, dict[str, Any]]:
+    """LSQR on [A; sqrt(lam) I] N (or CG on its normal equations) from the sketch solution
+    ``y0``, for one right-hand side ``b``."""
     xp, (m, n) = P.xp, P.shape
     root = math.sqrt(P.lam)
 
@@ -386,15 +446,14 @@ def _krylov(P: _Problem, pre: _RightFactor, d: int, solver: str, tol: float | No
         s = P.rmatvec(u[:m])
         return pre.apply_t(s + root * u[m:] if P.lam > 0 else s)
 
-    rhs = xp.concat([P.b, xp.zeros(n, dtype=P.work, device=_device(P.b))]) if P.lam > 0 \
-        else P.b
+    rhs = xp.concat([b, P.zeros((n,))]) if P.lam > 0 else b
     if solver == "cg":
-        y, kinfo = pcg(lambda v: rmatvec(matvec(v)), rmatvec(rhs), x0=pre.y0, rtol=tol,
-                       maxiter=2 * pre.y0.shape[0] if maxiter is None else maxiter)
+        y, kinfo = pcg(lambda v: rmatvec(matvec(v)), rmatvec(rhs), x0=y0, rtol=tol,
+                       maxiter=2 * y0.shape[0] if maxiter is None else maxiter)
         return pre.apply(y), {"solver": "cg", "iterations": kinfo["iterations"],
                               "converged": kinfo["converged"], "restarts": 0,
                               "residual_history": kinfo["residuals"]}
-    y, kinfo = lsqr((matvec, rmatvec), rhs, x0=pre.y0, atol=tol, btol=tol, maxiter=maxiter)
+    y, kinfo = lsqr((matvec, rmatvec), rhs, x0=y0, atol=tol, btol=tol, maxiter=maxiter)
     runs = [kinfo]
     if pre.cond > P.eps ** -0.25:
         # Ill-conditioned: restart once from the converged iterate (iterative refinement with
@@ -420,6 +479,8 @@ def _cond_triangular(xp: Any, T: Any, *, lower: bool, iters: int = 10) -> float:
     :math:`T^T T` and inverse iteration with triangular solves, ``iters`` steps each
     (:math:`O(n^2)` per step; a lower bound that is typically within a factor 2)."""
     n = T.shape[0]
+    if not bool(xp.all(xp.linalg.diagonal(T) != 0)):
+        return math.inf  # exactly singular (a zero column of A): no triangular solve
     start = np.random.default_rng(0).standard_normal(n)  # fixed start vector, no global state
     v = _backend.from_host(start / np.linalg.norm(start), like=T, dtype=T.dtype)
     w = v
