@@ -92,8 +92,8 @@ def damped_gram_factor(G: Any, lam: float) -> DampedGramFactor:
     L = _backend.cholesky(G + lam * eye)
     if L is not None:
         diag = _backend.to_host(xp.linalg.diagonal(L)).astype(np.float64)
-        return DampedGramFactor("cholesky", lam, float((diag.max() / diag.min()) ** 2), L=L,
-                                dtype=dtype)
+        cond = float((diag.max() / diag.min()) ** 2) if diag.size else 1.0  # n = 0: empty
+        return DampedGramFactor("cholesky", lam, cond, L=L, dtype=dtype)
     w, V = xp.linalg.eigh(G)
     w = xp.where(w > 0, w, xp.zeros_like(w))
     wh = _backend.to_host(w).astype(np.float64)

@@ -222,4 +222,6 @@ def _clipped_eigh(xp: Any, G: Any) -> tuple[Any, Any]:
 
 def _eig_cond(w: Any, lams: Any) -> float:
     wh = _backend.to_host(w).astype(np.float64)
+    if wh.size == 0:  # U with no columns: the solved matrix is lam I
+        return 1.0
     return float(max((wh.max() + lam) / (wh.min() + lam) for lam in np.atleast_1d(lams)))
