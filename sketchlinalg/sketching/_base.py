@@ -20,8 +20,11 @@ class SketchingOperator:
     ``S @ A`` sketches the rows of ``A`` (shape ``(m,)`` or ``(m, n)``), ``B @ S.T``
     sketches the columns of ``B`` (shape ``(n, m)``), ``S.T @ Y`` applies the adjoint.
     Results keep the backend, device and floating dtype of the input; float16 and bfloat16
-    are computed in float32. The random data lives on the host (drawn once from ``rng``)
-    and is copied to a backend and device the first time it is needed there.
+    are computed in float32. A ``scipy.sparse`` matrix is accepted on either side (``S @ A``,
+    ``B @ S.T``, ``Y @ S``) and gives a dense NumPy result; an input with no columns (or, on
+    the left, no rows) gives an empty result of the matching shape. The random data lives on
+    the host (drawn once from ``rng``) and is copied to a backend and device the first time
+    it is needed there.
     """
 
     # Make NumPy defer ``ndarray @ S`` to our ``__rmatmul__`` instead of building an object array.
