@@ -1,0 +1,5 @@
+"""``python -m seng.bench``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,372 @@
+"""The whole study: tuning, the reported seeds, step timing, and the files it writes."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seng.train._files import write_json
+
+from .optimizers import OptimizerSpec, all_optimizers, missing_requirement
+from .problems import PROBLEMS, Data, Problem, missing_requirements
+from .study import (
+    Job,
+    Runner,
+    best_lr,
+    grid_ratio,
+    machine_load,
+    selection_key,
+    summarize_lr,
+    time_steps,
+)
+
+#: The optimizers of the default study, in table order.
+DEFAULT_OPTIMIZERS = ("sgd", "adam", "adamw", "muon", "kfac", "seng", "seng-uf1", "seng-sketch")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Settings of one benchmark study (:func:`run_benchmark`).
+
+    Attributes
+    ----------
+    out : pathlib.Path
+        Output folder.
+    problems, optimizers : tuple of str
+        Names in :data:`seng.bench.problems.PROBLEMS` and :func:`all_optimizers`;
+        ``optimizers`` None means :data:`DEFAULT_OPTIMIZERS` plus any further SENG variant.
+    seeds : int
+        Reported seeds (1..seeds), each at the best learning rate; seed 0 tunes.
+    batch_size : int
+        Mini-batch size.
+    epochs : int or None
+        Epochs of every run; None uses each problem's own (its ``epochs``).
+    grid_points : int or None
+        Keep only the middle ``grid_points`` values of each initial grid (None: all).
+    max_extend : int
+        Grid extensions allowed per (problem, optimizer).
+    timing_rounds : int
+        Rounds of interleaved step timing.
+    workers : int
+        Processes for the training runs (1: in this process).
+    quick : bool
+        Smoke size: the problems' quick data.
+    progress : bool
+        Show progress bars (tqdm, on stderr).
+    """
+
+    out: Path
+    problems: tuple[str, ...] = tuple(PROBLEMS)
+    optimizers: tuple[str, ...] | None = None
+    seeds: int = 3
+    batch_size: int = 128
+    epochs: int | None = None
+    grid_points: int | None = None
+    max_extend: int = 3
+    timing_rounds: int = 12
+    workers: int = 2
+    quick: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "batch_size", "timing_rounds", "workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Invalid {name}: {value!r} (must be an int >= 1)")
+        for name in ("epochs", "grid_points"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"Invalid {name}: {value!r} (must be None or an int >= 1)")
+        if not isinstance(self.max_extend, int) or self.max_extend < 0:
+            raise ValueError(f"Invalid max_extend: {self.max_extend!r} (must be an int >= 0)")
+        unknown = [p for p in self.problems if p not in PROBLEMS]
+        if unknown or not self.problems:
+            raise ValueError(f"Invalid problems: {list(self.problems)!r} (valid: "
+                             f"{', '.join(PROBLEMS)})")
+        specs = all_optimizers()
+        unknown = [o for o in self.optimizers or () if o not in specs]
+        if unknown or self.optimizers == ():
+            raise ValueError(f"Invalid optimizers: {list(self.optimizers or ())!r} (valid: "
+                             f"{', '.join(specs)})")
+
+
+QUICK = {"seeds": 2, "epochs": 2, "grid_points": 2, "max_extend": 1, "timing_rounds": 1,
+         "workers": 1}
+
+
+def quick_config(out: Path, **overrides: Any) -> BenchConfig:
+    """The ``--quick`` settings: quick data and targets, 2 epochs, 2 grid points, one
+    extension, 2 reported seeds, 1 timing round, in this process."""
+    return BenchConfig(out=Path(out), quick=True, **{**QUICK, **overrides})
+
+
+def _optimizer_list(cfg: BenchConfig) -> list[OptimizerSpec]:
+    specs = all_optimizers()
+    if cfg.optimizers is not None:
+        return [specs[o] for o in cfg.optimizers]
+    names = [o for o in DEFAULT_OPTIMIZERS if o in specs]
+    names += [o for o in specs if o not in names and specs[o].kind == "seng"]
+    return [specs[o] for o in names]
+
+
+def _initial_grid(spec: OptimizerSpec, points: int | None) -> list[float]:
+    lrs = list(spec.lrs)
+    if points is not None and points < len(lrs):
+        start = (len(lrs) - points) // 2
+        lrs = lrs[start:start + points]
+    return lrs
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist in ("mnist1d", "asdfghjkl", "seng-sketch"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """A tqdm bar over runs whose total grows with grid extensions (a no-op when off)."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=0, desc=desc, unit="run", file=sys.stderr)
+
+    def add(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total += n
+            self.bar.refresh()
+
+    def done(self, label: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(label, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
+    """Run the study of ``cfg`` and write its files under ``cfg.out``.
+
+    Files: ``runs/<problem>/<optimizer>/lr<lr>_seed<seed>.json`` (every run's log),
+    ``results.json`` (everything below), ``results.md`` (the tables) and
+    ``plots/<problem>.png``, ``plots/<problem>_lr.png``. A problem or optimizer whose package
+    is missing is skipped, with the reason printed and recorded under ``"skipped"``.
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+    """
+    t_start = time.perf_counter()
+    load_start = machine_load()
+    out = Path(cfg.out)
+    skipped: list[dict[str, str]] = []
+    problems: list[Problem] = []
+    for name in cfg.problems:
+        missing = missing_requirements(PROBLEMS[name])
+        if missing:
+            reason = (f"needs {', '.join(missing)} (pip install -e '.[bench]')")
+            skipped.append({"problem": name, "reason": reason})
+            _say(f"seng.bench: skipping problem {name}: {reason}")
+        elif cfg.quick:
+            problems.append(replace(PROBLEMS[name], target=PROBLEMS[name].quick_target))
+        else:
+            problems.append(PROBLEMS[name])
+    specs: list[OptimizerSpec] = []
+    for spec in _optimizer_list(cfg):
+        reason = missing_requirement(spec)
+        if reason:
+            skipped.append({"optimizer": spec.name, "reason": reason})
+            _say(f"seng.bench: skipping optimizer {spec.name}: {reason}")
+        else:
+            specs.append(spec)
+    if not problems or not specs:
+        raise RuntimeError("nothing to run: every problem or every optimizer was skipped "
+                           f"({skipped})")
+
+    loaded: dict[Any, Data] = {}  # the two MNIST-1D problems share one generated data set
+    data: dict[str, Data] = {}
+    for p in problems:
+        if p.load not in loaded:
+            loaded[p.load] = p.load(cfg.quick)
+        data[p.name] = loaded[p.load]
+    epochs = {p.name: cfg.epochs or p.epochs for p in problems}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _study(cfg, out, problems, specs, data, epochs, skipped, t_start, load_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _study(cfg: BenchConfig, out: Path, problems: list[Problem], specs: list[OptimizerSpec],
+           data: dict[str, Data], epochs: dict[str, int], skipped: list[dict[str, str]],
+           t_start: float, load_start: list[float] | None) -> dict[str, Any]:
+    from .report import write_report
+
+    # per (problem, optimizer): the tuning grid and its seed-0 logs
+    grids = {(p.name, s.name): _initial_grid(s, cfg.grid_points) for p in problems for s in specs}
+    extended: dict[tuple[str, str], list[float]] = {key: [] for key in grids}
+    tuning: dict[tuple[str, str], dict[float, dict[str, Any]]] = {key: {} for key in grids}
+    reported: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in grids}
+    settled: dict[tuple[str, str], float] = {}
+    spec_of = {s.name: s for s in specs}
+    problem_of = {p.name: p for p in problems}
+
+    def job(pname: str, oname: str, lr: float, seed: int) -> Job:
+        return (pname, spec_of[oname], lr, seed, epochs[pname], cfg.batch_size)
+
+    def store(log: dict[str, Any]) -> None:
+        key = (log["problem"], log["optimizer"])
+        path = out / "runs" / key[0] / key[1] / f"lr{log['lr']:g}_seed{log['seed']}.json"
+        log["file"] = str(path.relative_to(out))
+        write_json(path, log)
+        if log["seed"] == 0 and key not in settled:
+            tuning[key][log["lr"]] = log
+        else:
+            reported[key].append(log)
+        bar.done(f"{key[0]} {key[1]} lr={log['lr']:.3g} seed={log['seed']} {log['status']}")
+
+    bar = _Progress(cfg.progress, "seng.bench runs")
+    runner = Runner(data, cfg.workers)
+    try:
+        jobs = [job(p, o, lr, 0) for (p, o), lrs in grids.items() for lr in lrs]
+        while jobs:
+            bar.add(len(jobs))
+            runner.map(jobs, store)
+            jobs = []
+            for key, logs in tuning.items():
+                if key in settled:
+                    continue
+                pname, oname = key
+                problem = problem_of[pname]
+                summaries = [summarize_lr(problem, [logs[lr]], epochs[pname])
+                             for lr in sorted(logs)]
+                best = best_lr(problem, summaries)["lr"]
+                lrs = sorted(logs)
+                edge = lrs.index(best) in (0, len(lrs) - 1) and len(lrs) > 1
+                if edge and len(extended[key]) < cfg.max_extend:
+                    ratio = grid_ratio(sorted(grids[key]))
+                    new = lrs[0] / ratio if best == lrs[0] else lrs[-1] * ratio
+                    new = float(f"{new:.4g}")
+                    extended[key].append(new)
+                    jobs.append(job(pname, oname, new, 0))
+                else:
+                    settled[key] = best
+                    jobs += [job(pname, oname, best, seed) for seed in range(1, cfg.seeds + 1)]
+    finally:
+        runner.close()
+        bar.close()
+    t_runs = time.perf_counter() - t_start
+
+    # step times: interleaved, in this process, after the runs (the other core idle)
+    timing: dict[str, dict[str, dict[str, Any]]] = {}
+    tbar = _Progress(cfg.progress, "seng.bench step timing")
+    tbar.add(len(problems))
+    for p in problems:
+        at_best = {s.name: (s, settled[(p.name, s.name)]) for s in specs}
+        timing[p.name] = time_steps(p, data[p.name], at_best, cfg.batch_size, cfg.timing_rounds)
+        tbar.done(p.name)
+    tbar.close()
+    t_total = time.perf_counter() - t_start
+
+    results: dict[str, Any] = {
+        "config": {**{k: v for k, v in asdict(cfg).items() if k != "out"},
+                   "epochs_per_problem": epochs},
+        "environment": {**_versions(), "platform": platform.platform(),
+                        "cpu_count": _cpu_count(), "torch_threads": 1,
+                        "load_average_start": load_start, "load_average_end": machine_load()},
+        "wall_time": {"runs": t_runs, "total": t_total},
+        "skipped": skipped,
+        "optimizers": {s.name: {"kind": s.kind, "options": s.options, "note": s.note,
+                                "initial_grid": _initial_grid(s, cfg.grid_points)}
+                       for s in specs},
+        "problems": {},
+    }
+    for p in problems:
+        results["problems"][p.name] = _problem_results(
+            p, specs, epochs[p.name], len(data[p.name].y_train) // cfg.batch_size, tuning,
+            reported, extended, settled, timing[p.name])
+    write_json(out / "results.json", results)
+    write_report(out, results)
+    failed = [log["file"] for logs in (*tuning.values(), *reported.values())
+              for log in (logs.values() if isinstance(logs, dict) else logs)
+              if log["status"] == "failed"]
+    if failed:
+        _say(f"seng.bench: {len(failed)} run(s) failed (see their logs): {failed[:5]}")
+    return results
+
+
+def _cpu_count() -> int | None:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _problem_results(p: Problem, specs: list[OptimizerSpec], epochs: int, steps_per_epoch: int,
+                     tuning: dict, reported: dict, extended: dict, settled: dict,
+                     timing: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    rows = {}
+    sgd_time = timing.get("sgd", {}).get("step_time", math.nan)
+    for s in specs:
+        key = (p.name, s.name)
+        lrs = sorted(tuning[key])
+        sweep = [summarize_lr(p, [tuning[key][lr]], epochs) for lr in lrs]
+        best = settled[key]
+        logs = sorted(reported[key], key=lambda log: log["seed"])
+        summary = summarize_lr(p, logs, epochs)
+        step = timing[s.name]["step_time"]
+        edge = len(lrs) > 1 and lrs.index(best) in (0, len(lrs) - 1)
+        rows[s.name] = {
+            "best_lr": best, "grid": lrs, "extended": extended[key],
+            "best_at_edge": edge,
+            "edge_side": ("low" if best == lrs[0] else "high") if edge else None,
+            "sweep": [{"lr": sw["lr"], "epochs_to_target": sw["epochs_to_target"][0],
+                       "final_target_metric": sw["final"].get(p.target_metric, {}).get("mean"),
+                       "status": sw["statuses"][0], "key": list(selection_key(p, sw))}
+                      for sw in sweep],
+            "seeds": summary["seeds"],
+            "epochs_to_target": summary["epochs_to_target"],
+            "reached": summary["reached"],
+            "mean_epochs_to_target": summary["mean_epochs"],
+            "std_epochs_to_target": _std([epochs + 1 if h is None else h
+                                          for h in summary["epochs_to_target"]]),
+            "step_time": step,
+            "step_time_blocks": timing[s.name]["blocks"],
+            "step_time_ratio_sgd": step / sgd_time if sgd_time > 0 else math.nan,
+            "time_to_target": summary["mean_epochs"] * steps_per_epoch * step,
+            "final": summary["final"],
+            "statuses": summary["statuses"],
+            "runs": [log["file"] for log in logs],
+            "tuning_runs": [tuning[key][lr]["file"] for lr in lrs],
+            **({"timing_error": timing[s.name]["error"]} if "error" in timing[s.name] else {}),
+        }
+    return {"description": p.description, "kind": p.kind, "target_metric": p.target_metric,
+            "target": p.target, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
+            "optimizers": rows}
+
+
+def _std(values: list[float]) -> float:
+    import statistics
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+__all__ = ["DEFAULT_OPTIMIZERS", "QUICK", "BenchConfig", "quick_config", "run_benchmark"]
