@@ -23,6 +23,13 @@ def check_damping(damping: Any) -> Any:
     return float(damping)
 
 
+def check_damping_rule(rule: Any) -> str:
+    if rule not in ("absolute", "relative"):
+        raise ValueError(f"Invalid damping_rule value: {rule!r} (valid: 'absolute', "
+                         "'relative')")
+    return rule
+
+
 def damping_at(damping: Any, step: int) -> float:
     value = damping(step) if callable(damping) else damping
     if not _is_real(value) or not math.isfinite(value) or value <= 0:

@@ -32,6 +32,7 @@ from . import _hyper
 from ._capture import leading
 from .optimizer import SENG
 from .preconditioner import Damping, SENGPreconditioner, UpdateFreq, _Layer
+from .routes.curvature import woodbury_direction
 from .routes.persample import REPRESENTATIONS, PerSampleGrads
 
 MODES = ("global", "local")
@@ -354,9 +355,10 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         parts = torch.split(self._all_gather_rows(local, per_rank), per_rank)
         pieces = [torch.split(part, [st.sizes[r] for st in stores])
                   for r, part in enumerate(parts)]
-        out, fallbacks = [], []
+        out, fallbacks, lams = [], [], []
         for i, (layer, st, b) in enumerate(zip(layers, stores, blocks, strict=True)):
-            factor, fallback = layer.curvature.factor(damping)
+            lams.append(layer.curvature.system_damping(damping, self._relative))
+            factor, fallback = layer.curvature.factor(lams[-1])
             v = torch.cat([pieces[r][i] for r in range(self.world)])
             alpha = factor.solve(v.to(layer.curvature.gram.dtype)).to(b.dtype)
             mine = alpha[st.offset:st.offset + st.local.n]
@@ -365,10 +367,10 @@ class DistributedSENGPreconditioner(SENGPreconditioner):
         flat = torch.cat([o.to(dtype) for o in out])
         self._all_reduce(flat)
         u_alpha = torch.split(flat, [o.numel() for o in out])
-        return [self._accept(layer, ((b - ua.reshape(b.shape).to(b.dtype)) / damping),
-                             fallback, b, damping)
-                for layer, b, ua, fallback in zip(layers, blocks, u_alpha, fallbacks,
-                                                  strict=True)]
+        return [self._accept(layer, woodbury_direction(b, ua.reshape(b.shape).to(b.dtype), lam,
+                                                       self._relative), fallback, b, damping)
+                for layer, b, ua, fallback, lam in zip(layers, blocks, u_alpha, fallbacks,
+                                                       lams, strict=True)]
 
     # -- collectives -----------------------------------------------------------------------
     def _reduce(self, params: list[nn.Parameter], values: list[torch.Tensor | None],

@@ -40,10 +40,13 @@ class SENG(torch.optim.Optimizer):
         Heavy-ball momentum in [0, 1). Default 0.9.
     weight_decay : float
         L2 coefficient, >= 0. Default 0.
-    damping, update_freq :
-        As in :class:`SENGPreconditioner` (defaults 1.0 and 10).
+    damping : float or callable
+        As in :class:`SENGPreconditioner`. Default 1.0.
+    update_freq : int or callable
+        As in :class:`SENGPreconditioner`. Default 10.
     **preconditioner_options
-        Further keyword arguments of :class:`SENGPreconditioner` (``sketch``,
+        Further keyword arguments of :class:`SENGPreconditioner` (``damping_rule``,
+        ``sketch``,
         ``sketch_size``, ``rng``, ``loss_reduction``, ``curvature_batch``,
         ``max_update_norm``, ``routes``, ``solve_dtype``, ``lowrank_rank``, ``fallback``,
         ``grad_scaler``, ``accumulation_steps``).

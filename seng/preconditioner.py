@@ -76,6 +76,16 @@ class SENGPreconditioner:
         is treated as unsupported.
     damping : float or callable
         ``lambda > 0``, or a function of the step counter returning it. Default 1.0.
+    damping_rule : {"absolute", "relative"}
+        ``"absolute"`` (the paper's): ``lambda`` in the units of ``U U^T``, so it depends on
+        the loss's scale, and parameters without curvature get ``g / (1 + lambda)``.
+        ``"relative"``: per layer, ``lambda`` times the layer's curvature scale
+        ``s = tr(U^T U) / N`` damps the system and the direction is
+        ``(I + U U^T / (lambda s))^{-1} g`` (the identity off the span of ``U``); parameters
+        without curvature get ``g lambda / (1 + lambda)``, the same rule for a curvature that
+        is isotropic at its own scale. Multiplying the loss by ``c`` then scales every
+        direction by ``c``, as for a gradient, so SENG with learning rate ``lr / c`` takes
+        exactly the same steps. Default ``"absolute"``.
     update_freq : int or callable
         Refresh the curvature every ``update_freq`` steps (or a function of the step).
         Default 10.
@@ -160,6 +170,7 @@ class SENGPreconditioner:
         damping: Damping = 1.0,
         update_freq: UpdateFreq = 10,
         *,
+        damping_rule: str = "absolute",
         sketch: str | None = None,
         sketch_size: int = 16384,
         rng: RNGLike = 0,
@@ -177,6 +188,7 @@ class SENGPreconditioner:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.damping = _hyper.check_damping(damping)
         self.update_freq = _hyper.check_update_freq(update_freq)
+        self.damping_rule = _hyper.check_damping_rule(damping_rule)
         self.sketch = _hyper.check_sketch(sketch)
         self.sketch_size = _hyper.check_positive_int(sketch_size, "sketch_size")
         if loss_reduction not in ("mean", "sum"):
@@ -338,7 +350,7 @@ class SENGPreconditioner:
         for p, g in grads.items():
             values = g.coalesce().values() if g.is_sparse else g
             if id(p) not in handled and all_finite(values):
-                out[p] = g / (1.0 + damping)
+                out[p] = self._without_curvature(g, damping)
         self._cap_norm(out)
         if refresh:
             self._last_update = k
@@ -413,18 +425,19 @@ class SENGPreconditioner:
     def _direction(self, layer: _Layer, block: torch.Tensor, live: tuple[str, ...],
                    damping: float) -> torch.Tensor:
         if layer.curvature is not None and layer.live == live:
-            return self._accept(layer, *layer.curvature.direction(block, damping), block, damping)
+            d, fallback = layer.curvature.direction(block, damping, self._relative)
+            return self._accept(layer, d, fallback, block, damping)
         self._count("missing_curvature", f"layer {layer.name!r} has a gradient but no "
                     "curvature (nothing captured: eval mode, no_grad, or a new set of "
-                    "trainable parameters); it gets g / (1 + damping) until the next "
+                    "trainable parameters); it gets the damped gradient until the next "
                     "capture")
         layer.needs_refresh = True
-        return block / (1.0 + damping)
+        return self._without_curvature(block, damping)
 
     def _accept(self, layer: _Layer, d: torch.Tensor, fallback: bool, block: torch.Tensor,
                 damping: float) -> torch.Tensor:
         """``d``, the direction from ``layer``'s curvature, if finite; otherwise drop the
-        curvature and return ``block / (1 + damping)``."""
+        curvature and return the damped gradient."""
         if fallback:
             self._count("solve_fallbacks", f"Cholesky of the damped Gram of layer "
                         f"{layer.name!r} failed; solved with its spectrum clipped at the "
@@ -436,7 +449,17 @@ class SENGPreconditioner:
                     "its curvature is dropped and refreshed on the next step")
         layer.curvature = None
         layer.needs_refresh = True
-        return block / (1.0 + damping)
+        return self._without_curvature(block, damping)
+
+    @property
+    def _relative(self) -> bool:
+        return self.damping_rule == "relative"
+
+    def _without_curvature(self, g: torch.Tensor, damping: float) -> torch.Tensor:
+        """The direction of a parameter without curvature: ``g / (1 + damping)`` (absolute
+        rule: ``U U^T`` taken as ``I``), or ``g damping / (1 + damping)`` (relative rule:
+        ``U U^T`` taken as ``s I``)."""
+        return g * (damping / (1.0 + damping)) if self._relative else g / (1.0 + damping)
 
     def _defer(self, layer: _Layer, live: tuple[str, ...]) -> bool:
         """Whether ``layer``'s direction is left to :meth:`_deferred_directions`, computed
@@ -508,7 +531,7 @@ class SENGPreconditioner:
         return rows
 
     def unsupported_parameters(self) -> list[str]:
-        """Names of the trainable parameters preconditioned by ``g / (1 + damping)``."""
+        """Names of the trainable parameters without curvature (damped gradient only)."""
         handled = {id(p) for layer in self._layers for p in layer.params.values()}
         return [n for n, p in self.model.named_parameters()
                 if p.requires_grad and id(p) not in handled]
@@ -528,7 +551,8 @@ class SENGPreconditioner:
         lines.append(f"total curvature memory {_mib(total)}; counters {self.counters}")
         others = self.unsupported_parameters()
         if others:
-            lines.append(f"g / (1 + damping) for: {', '.join(others)}")
+            rule = "g damping / (1 + damping)" if self._relative else "g / (1 + damping)"
+            lines.append(f"{rule} for: {', '.join(others)}")
         return "\n".join(lines)
 
     # -- state -----------------------------------------------------------------------------
