@@ -230,6 +230,65 @@ def test_adaptive_meets_its_tolerance(tol):
         assert_close(Q.T @ Q, np.eye(Q.shape[1]), factor=M_ROWS)
 
 
+class _RecordingOperator(scipy.sparse.linalg.LinearOperator):
+    """``A`` as an operator that keeps every block it is multiplied with."""
+
+    def __init__(self, A):
+        super().__init__(A.dtype, A.shape)
+        self.A, self.blocks = A, []
+
+    def _matvec(self, x):
+        return self._matmat(x.reshape(-1, 1)).ravel()
+
+    def _matmat(self, X):
+        self.blocks.append(np.array(X, dtype=np.float64))
+        return self.A @ X
+
+    def _rmatmat(self, X):
+        return self.A.T @ X
+
+
+@pytest.mark.parametrize(("tol", "block_size", "max_rank"),
+                         [(100.0, 10, None), (1e-2, 10, None), (1e-6, 7, None), (1e-6, 10, 25)])
+def test_adaptive_error_estimate_is_the_hmt_bound_of_its_probes(tol, block_size, max_rank):
+    # HMT (2011) Lemma 4.1 / eq. (4.3): for r standard Gaussian probes w_i,
+    # ||(I - QQ^T) A||_2 <= 10 sqrt(2/pi) max_i ||(I - QQ^T) A w_i|| except with probability
+    # 10^-r. The returned estimate must be that right-hand side for the returned Q and the
+    # probes of the last pass, which are the last block the loop multiplies A with (it stops
+    # right after the estimate). The constant is written here, not imported, so a wrong
+    # factor fails; the probes' second moment is checked too, since scaled probes would
+    # shrink the estimate as much. Cases: rank 0 (the first probes already meet tol), a few
+    # blocks, a block size that does not divide the rank, and a stop at max_rank.
+    s = 0.7 ** np.arange(N_COLS)
+    A = matrix_with_spectrum(M_ROWS, N_COLS, s, rng=13)
+    op = _RecordingOperator(A)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if max_rank else "error", RuntimeWarning)
+        Q, info = sl.adaptive_range_finder(op, tol, block_size=block_size, power_iters=1,
+                                           max_rank=max_rank, rng=21)
+        # The dense input draws the same probes from the same seed: the same estimate.
+        _, dense_info = sl.adaptive_range_finder(A, tol, block_size=block_size,
+                                                 power_iters=1, max_rank=max_rank, rng=21)
+    probes = op.blocks[-1]
+    assert probes.shape == (N_COLS, block_size)
+    # E w^2 = 1 and Var w^2 = 2: the sample mean of the r n squares is within 5 standard
+    # errors of 1 (a fixed seed; the estimate scales with the probes, 10x smaller probes give
+    # a mean of 0.01).
+    assert abs(np.mean(probes ** 2) - 1.0) <= 5 * np.sqrt(2 / probes.size)
+    residual = A @ probes - Q @ (Q.T @ (A @ probes))
+    want = 10 * np.sqrt(2 / np.pi) * np.linalg.norm(residual, axis=0).max()
+    # Both sides project the same products: the difference is rounding of length-n and
+    # length-rank inner products, relative to the unprojected ||A w_i||.
+    scale = 10 * np.sqrt(2 / np.pi) * np.linalg.norm(A @ probes, axis=0).max()
+    assert_close(np.float64(info["error_estimate"]), np.float64(want),
+                 factor=10 * (N_COLS + Q.shape[1]), scale=scale)
+    assert info["rank"] == Q.shape[1] and info["converged"] == (want <= tol)
+    assert spectral_norm(A - Q @ (Q.T @ A)) <= info["error_estimate"]
+    assert dense_info["rank"] == info["rank"]
+    assert_close(np.float64(dense_info["error_estimate"]), np.float64(want),
+                 factor=10 * (N_COLS + Q.shape[1]), scale=scale)
+
+
 def test_adaptive_rank_zero_when_A_already_meets_tol():
     A = 1e-3 * matrix_with_spectrum(50, 40, np.ones(40), rng=14)
     Q, info = sl.adaptive_range_finder(A, 1.0, rng=0)
