@@ -94,8 +94,14 @@ class Capture:
         self.handed_out: list[Call] = []
         self.handles: list[Any] = []
 
-    def register(self, name: str, helper: LayerHelper, params: dict[str, nn.Parameter]) -> None:
+    def register(self, name: str, helper: LayerHelper, params: dict[str, nn.Parameter],
+                 sample_dim: int = 0) -> None:
+        """Record the calls of ``helper.module`` under ``name``; its input's and output's
+        dimension ``sample_dim`` holds the samples (moved first for the helper)."""
         self.calls[name] = []
+
+        def first(t: torch.Tensor) -> torch.Tensor:
+            return t.movedim(sample_dim, 0) if sample_dim else t
 
         def forward_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             if not (self.active and module.training and torch.is_grad_enabled()):
@@ -107,6 +113,12 @@ class Capture:
                 return
             if _functorch_wrapped(target):
                 return
+            if sample_dim:
+                if inputs[0].ndim <= sample_dim:
+                    raise ValueError(f"Invalid sample_dim for layer {name!r}: {sample_dim}, "
+                                     f"but its input has shape {tuple(inputs[0].shape)}")
+                inputs = (first(inputs[0]), *inputs[1:])
+                output = first(output)
             payload = helper.capture_forward(inputs, output)
             n = leading(payload)
             index = self.subset(n)
@@ -114,7 +126,7 @@ class Capture:
             self.calls[name].append(call)
             shape = target.shape
             hooked_tensor(target).register_hook(lambda grad: call.add_grad(
-                take(helper.capture_grad(grad.detach().reshape(shape)), index)))
+                take(helper.capture_grad(first(grad.detach().reshape(shape))), index)))
 
         self.handles.append(helper.module.register_forward_hook(forward_hook))
 

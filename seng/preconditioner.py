@@ -16,7 +16,7 @@ from sketchlinalg._rng import RNGLike, normalize_rng
 
 from . import _hyper
 from ._capture import Call, Capture, leading
-from .layers import HELPERS, LayerHelper, WeightBiasHelper, helper_for
+from .layers import HELPERS, LayerHelper, WeightBiasHelper, helper_for, match
 from .layers.func import FuncFallbackHelper
 from .routes import ROUTES, Curvature, PerSampleGrads
 from .routes.cost import choose_route
@@ -29,8 +29,9 @@ class _Layer:
     """A registered module: its helper, its block's parameters and its stored curvature."""
 
     def __init__(self, index: int, name: str, module: nn.Module, helper: LayerHelper,
-                 params: dict[str, nn.Parameter], route: str) -> None:
+                 params: dict[str, nn.Parameter], route: str, sample_dim: int = 0) -> None:
         self.index = index
+        self.sample_dim = sample_dim
         self.name = name
         self.module = module
         self.helper = helper
@@ -62,18 +63,19 @@ class SENGPreconditioner:
 
     Per-sample gradients are captured by hooks on curvature steps only: a forward hook
     records each supported module's input, a tensor hook on its output records the
-    backpropagated gradient. The sample dimension is dimension 0 of the module's input.
-    Only training-mode forwards with autograd enabled are captured; a module called
-    several times contributes the sum over calls; a parameter without ``requires_grad``
-    or without a gradient is left alone. Between curvature steps (``update_freq > 1``) the
-    stored ``U`` of the last curvature batch preconditions the new gradients.
+    backpropagated gradient. The samples are in dimension 0 of the module's input unless
+    ``sample_dim`` says otherwise. Only training-mode forwards with autograd enabled are
+    captured; a module called several times contributes the sum over calls; a parameter
+    without ``requires_grad`` or without a gradient is left alone. Between curvature steps
+    (``update_freq > 1``) the stored ``U`` of the last curvature batch preconditions the new
+    gradients.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The model; it is not modified (hooks only). Supported layers are found by exact
-        module type (see :data:`seng.layers.HELPERS`); a parameter shared by two modules
-        is treated as unsupported.
+        The model; it is not modified (hooks only). Supported layers are found by module
+        type (see :data:`seng.layers.HELPERS`; a subclass matches when it keeps the type's
+        forward); a parameter shared by two modules is treated as unsupported.
     damping : float or callable
         ``lambda > 0``, or a function of the step counter returning it. Default 1.0.
     damping_rule : {"absolute", "relative"}
@@ -141,6 +143,21 @@ class SENGPreconditioner:
         ``k n`` samples of the ``k`` micro-batches; a layer called ``c`` times per forward
         must have ``k c`` calls (else its curvature is not updated that step, with a
         warning). ``curvature_batch`` applies to each micro-batch. Default 1.
+    sample_dim : None, int or dict
+        Where each layer's input holds the samples. ``None`` (default): dimension 0, except
+        inside ``nn.TransformerEncoderLayer``/``DecoderLayer`` built with
+        ``batch_first=False`` (dimension 1). An int: that dimension for every Linear,
+        LayerNorm and Embedding layer (``sample_dim=1`` for sequence-first models;
+        convolution and batch/group norm layers take their samples in dimension 0 by
+        definition). A dict ``{module or name: int}``: per module, the rest as for None.
+        On every curvature step all layers must see the same number of samples ``N``
+        (else a ``ValueError`` names the layers and their ``N``).
+    strict : bool
+        Whether a trainable parameter without curvature (a module type without a helper, a
+        subclass with its own forward, a parameter shared by several modules; see
+        :meth:`uncovered_parameters`) is an error (``ValueError``). When False (default),
+        they are listed with the reason in one warning at construction; ``fallback=
+        "torch.func"`` gives them curvature.
 
     Notes
     -----
@@ -183,6 +200,8 @@ class SENGPreconditioner:
         fallback: str | None = None,
         grad_scaler: Any = None,
         accumulation_steps: int = 1,
+        strict: bool = False,
+        sample_dim: int | Mapping[nn.Module | str, int] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -216,11 +235,23 @@ class SENGPreconditioner:
                                                             "accumulation_steps")
         self._seed = int(normalize_rng(rng).integers(0, 2**63))
 
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
         self.model = model
-        self._layers = self._register(model, routes)
+        self._layers = self._register(model, routes, sample_dim)
         if not self._layers:
             names = ", ".join(sorted(t.__name__ for t in HELPERS))
             raise ValueError(f"model has no supported layer with parameters (supported: {names})")
+        uncovered = self.uncovered_parameters()
+        if uncovered:
+            listing = "; ".join(f"{n} ({why})" for n, why in uncovered.items())
+            if strict:
+                raise ValueError(f"strict=True: trainable parameters without curvature: "
+                                 f"{listing}")
+            warnings.warn(f"SENG preconditions {len(uncovered)} trainable parameter(s) by the "
+                          f"damped gradient only (no curvature): {listing}. "
+                          "fallback='torch.func' covers them; strict=True makes this an "
+                          "error", UserWarning, stacklevel=3)
         self._step = 0
         self._last_update: int | None = None
         self.counters = {"curvature_updates": 0, "skipped_updates": 0, "nonfinite_grads": 0,
@@ -230,21 +261,24 @@ class SENGPreconditioner:
         self.last_curvature_indices: torch.Tensor | None = None
         self._capture = Capture(self._subset_for)
         for layer in self._layers:
-            self._capture.register(layer.name, layer.helper, layer.params)
+            self._capture.register(layer.name, layer.helper, layer.params, layer.sample_dim)
         self._capture.active = True
 
     # -- registration ----------------------------------------------------------------------
-    def _register(self, model: nn.Module, routes: Mapping[Any, str] | None) -> list[_Layer]:
+    def _register(self, model: nn.Module, routes: Mapping[Any, str] | None,
+                  sample_dim: Any) -> list[_Layer]:
         owners: dict[int, int] = {}
         for m in model.modules():
             for p in m._parameters.values():
                 if p is not None:
                     owners[id(p)] = owners.get(id(p), 0) + 1
         overrides = self._check_routes(model, routes)
+        dims = _sample_dims(model, sample_dim)
         default = "exact" if self.sketch is None else self.sketch
         layers = []
+        functional = _functional_children(model)
         for name, module in model.named_modules():
-            helper = helper_for(module)
+            helper = None if id(module) in functional else helper_for(module)
             if helper is None:
                 continue
             params = {n: getattr(module, n) for n in helper.param_names}
@@ -257,7 +291,15 @@ class SENGPreconditioner:
                                      f"Linear and convolution layers, not {type(module).__name__}")
                 if route == "exact":  # helpers may then reduce calls in the backward hook
                     helper.exact_params = tuple(params)
-                layers.append(_Layer(len(layers), name, module, helper, params, route))
+                dim = dims.get(id(module), 0)
+                if dim and not helper.any_sample_dim:
+                    if isinstance(sample_dim, int):
+                        dim = 0  # the module itself fixes its samples first (convolutions)
+                    else:
+                        raise ValueError(f"Invalid sample_dim for {name!r}: {dim} "
+                                         f"({type(module).__name__} takes its samples in "
+                                         "dimension 0)")
+                layers.append(_Layer(len(layers), name, module, helper, params, route, dim))
         if self.fallback is not None:
             handled = {id(p) for layer in layers for p in layer.params.values()}
             rest = {n: p for n, p in model.named_parameters() if id(p) not in handled}
@@ -316,6 +358,7 @@ class SENGPreconditioner:
         damping = _hyper.damping_at(self.damping, k)
         refresh = self._refresh_due(k, self._last_update)
         next_freq = _hyper.update_freq_at(self.update_freq, k + 1)
+        self._check_sample_counts()
         out: dict[torch.Tensor, torch.Tensor] = {}
         deferred: list[tuple[_Layer, torch.Tensor, tuple[str, ...], dict[str, Any]]] = []
         handled: set[int] = set()
@@ -358,6 +401,23 @@ class SENGPreconditioner:
         self._capture.reset()
         self._capture.active = self._capture_due(k + 1, next_freq)
         return out
+
+    def _check_sample_counts(self) -> None:
+        """Every layer captured this step must see the same number of samples N; layers
+        that disagree read their samples from another dimension than the batch's (say so
+        with ``sample_dim``), and would build a wrong curvature without a word."""
+        groups: dict[int, list[str]] = {}
+        for layer in self._layers:
+            counts = {c.n for c in self._capture.calls.get(layer.name, ()) if c.received}
+            if len(counts) == 1:
+                groups.setdefault(counts.pop(), []).append(repr(layer.name or "(model)"))
+        if len(groups) > 1:
+            self._capture.reset()
+            listing = "; ".join(f"N = {n}: {', '.join(names)}" for n, names in groups.items())
+            raise ValueError(f"The layers disagree on the number of samples N of this "
+                             f"curvature step ({listing}): the samples are not in dimension "
+                             "0 of some layers' input; give sample_dim (per model or per "
+                             "module, e.g. sample_dim=1 for sequence-first inputs)")
 
     def remove_hooks(self) -> None:
         """Remove the hooks from the model (the preconditioner then cannot refresh)."""
@@ -532,9 +592,30 @@ class SENGPreconditioner:
 
     def unsupported_parameters(self) -> list[str]:
         """Names of the trainable parameters without curvature (damped gradient only)."""
+        return list(self.uncovered_parameters())
+
+    def uncovered_parameters(self) -> dict[str, str]:
+        """``{name: why}`` for each trainable parameter without curvature (it gets the
+        damped gradient only): shared by several modules, or owned by a module that has no
+        helper (its type, or a subclass with its own forward)."""
         handled = {id(p) for layer in self._layers for p in layer.params.values()}
-        return [n for n, p in self.model.named_parameters()
-                if p.requires_grad and id(p) not in handled]
+        functional = _functional_children(self.model)
+        owners: dict[int, list[nn.Module]] = {}
+        for m in self.model.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    owners.setdefault(id(p), []).append(m)
+        out = {}
+        for n, p in self.model.named_parameters():  # each parameter once, by its first name
+            if not p.requires_grad or id(p) in handled:
+                continue
+            users = owners[id(p)]
+            if len(users) > 1:
+                out[n] = f"shared by {len(users)} modules"
+            else:
+                out[n] = (functional.get(id(users[0])) or match(type(users[0]))[1]
+                          or "not in its helper's block")
+        return out
 
     def report(self) -> str:
         """A table of the registered layers, their routes and the memory they hold."""
@@ -549,6 +630,12 @@ class SENGPreconditioner:
                          f"{last.get('gram_method', '-'):<10} {last.get('store', '-'):<10} "
                          f"{_mib(r['memory_bytes']):>10}")
         lines.append(f"total curvature memory {_mib(total)}; counters {self.counters}")
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        covered = {id(p) for layer in self._layers for p in layer.params.values()}
+        n_all = sum(p.numel() for p in trainable)
+        n_cov = sum(p.numel() for p in trainable if id(p) in covered)
+        lines.append(f"preconditioned: {n_cov} of {n_all} trainable parameters "
+                     f"({100 * n_cov / max(n_all, 1):.1f}%)")
         others = self.unsupported_parameters()
         if others:
             rule = "g damping / (1 + damping)" if self._relative else "g / (1 + damping)"
@@ -592,6 +679,48 @@ class SENGPreconditioner:
         self.counters = dict(state["counters"])
         self._capture.reset()
         self._capture.active = self._capture_due(self._step)
+
+
+def _sample_dims(model: nn.Module, sample_dim: Any) -> dict[int, int]:
+    """``{id(module): dimension of its input holding the samples}`` (absent: 0): given for
+    every module (an int), per module or module name (a mapping; the rest inferred), or
+    inferred (None): 1 inside ``nn.TransformerEncoderLayer``/``DecoderLayer`` built with
+    ``batch_first=False``, the only layout whose sample dimension is certain from the
+    module alone."""
+    if isinstance(sample_dim, int) and not isinstance(sample_dim, bool):
+        if sample_dim < 0:
+            raise ValueError(f"Invalid sample_dim value: {sample_dim} (must be an int >= 0, "
+                             "a dict {module or name: int >= 0}, or None)")
+        return {id(m): sample_dim for m in model.modules()}
+    inferred = {}
+    for m in model.modules():
+        if (isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+                and not m.self_attn.batch_first):
+            inferred.update((id(sub), 1) for sub in m.modules())
+    if sample_dim is None:
+        return inferred
+    if not isinstance(sample_dim, Mapping):
+        raise TypeError(f"sample_dim must be an int, a dict {{module or name: int}} or None, "
+                        f"got {type(sample_dim).__name__}")
+    modules = dict(model.named_modules())
+    for key, dim in sample_dim.items():
+        module = modules.get(key) if isinstance(key, str) else key
+        if not any(module is m for m in modules.values()):
+            raise ValueError(f"Invalid sample_dim key: {key!r} is not a module of model nor a "
+                             "module name")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise ValueError(f"Invalid sample_dim value for {key!r}: {dim!r} (must be an "
+                             "int >= 0)")
+        inferred[id(module)] = dim
+    return inferred
+
+
+def _functional_children(model: nn.Module) -> dict[int, str]:
+    """``{id(module): why}`` for supported modules whose parent uses their parameters
+    without calling them (hooks would never see a call): ``nn.MultiheadAttention``'s
+    ``out_proj``."""
+    return {id(m.out_proj): "used functionally by nn.MultiheadAttention (its forward is "
+            "not called)" for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:

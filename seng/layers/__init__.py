@@ -13,8 +13,12 @@ from .groupnorm import GroupNormHelper
 from .layernorm import LayerNormHelper
 from .linear import LinearHelper
 
-#: Exact module type -> helper class.
+#: Module type -> helper class (subclasses match through :func:`helper_for`).
 HELPERS: dict[type[nn.Module], type[LayerHelper]] = {}
+
+#: Methods of a supported type that its helper's capture relies on: a subclass that
+#: overrides one of them computes something else, so it is not matched.
+_FORWARD_METHODS = ("forward", "_conv_forward")
 
 
 def register(helper: type[LayerHelper]) -> type[LayerHelper]:
@@ -25,9 +29,24 @@ def register(helper: type[LayerHelper]) -> type[LayerHelper]:
 
 
 def helper_for(module: nn.Module) -> LayerHelper | None:
-    """A helper for ``module``, or None when its exact type is not supported."""
-    cls = HELPERS.get(type(module))
-    return None if cls is None else cls(module)
+    """A helper for ``module``, or None when it is not supported (see :func:`match`)."""
+    base, reason = match(type(module))
+    return None if reason else HELPERS[base](module)
+
+
+def match(cls: type[nn.Module]) -> tuple[type[nn.Module] | None, str]:
+    """``(registered base type, "")`` when ``cls`` is a registered type or a subclass of one
+    that keeps its forward (``nn.MultiheadAttention``'s ``out_proj``, a
+    ``NonDynamicallyQuantizableLinear``, is such a ``Linear``); otherwise ``(base or None,
+    why not)``."""
+    for base in cls.__mro__:
+        if base in HELPERS:
+            for name in _FORWARD_METHODS:
+                if getattr(cls, name, None) is not getattr(base, name, None):
+                    return base, (f"{cls.__name__} subclasses nn.{base.__name__} with its own "
+                                  f"{name}")
+            return base, ""
+    return None, f"no SENG helper for {cls.__name__}"
 
 
 for _helper in (LinearHelper, ConvHelper, BatchNormHelper, LayerNormHelper, GroupNormHelper,
@@ -36,4 +55,4 @@ for _helper in (LinearHelper, ConvHelper, BatchNormHelper, LayerNormHelper, Grou
 
 __all__ = ["HELPERS", "BatchNormHelper", "ConvHelper", "EmbeddingHelper", "GroupNormHelper",
            "LayerHelper", "LayerNormHelper", "LinearHelper", "WeightBiasHelper", "helper_for",
-           "register"]
+           "match", "register"]

@@ -2,9 +2,10 @@
 
 How a layer helper plugs in
 ---------------------------
-A helper is a subclass of :class:`LayerHelper` registered for one or more exact module
-types with :func:`seng.layers.register` (see ``linear.py`` and ``conv.py``). The
-preconditioner then, for every module of that type in the user's model:
+A helper is a subclass of :class:`LayerHelper` registered for one or more module types
+(subclasses that keep the type's forward match too) with :func:`seng.layers.register`
+(see ``linear.py`` and ``conv.py``). The preconditioner then, for every module of that
+type in the user's model:
 
 1. on curvature steps only, calls :meth:`LayerHelper.capture_forward` from a forward hook
    (the returned payload is a tensor, or a tuple of tensors, with the sample dimension
@@ -49,10 +50,13 @@ class LayerHelper:
         The module (of one of ``module_types``) this helper serves.
     """
 
-    #: The exact module types served (subclasses are not matched: their forward may differ).
+    #: The module types served (and their subclasses that keep the forward).
     module_types: ClassVar[tuple[type[nn.Module], ...]] = ()
     #: Attribute names of the parameters forming the block, in block order.
     param_names: ClassVar[tuple[str, ...]] = ("weight", "bias")
+    #: Whether the samples may sit in any dimension of the input (a layer that treats the
+    #: other leading dimensions as positions); False where the module fixes them first.
+    any_sample_dim: ClassVar[bool] = False
     #: The block's parameters when the layer's route is exact (set by the preconditioner;
     #: None otherwise): :meth:`reduce` may then form the exact compact per-sample gradients.
     exact_params: tuple[str, ...] | None = None

@@ -184,6 +184,7 @@ class EmbeddingHelper(LayerHelper):
     """
 
     module_types = (nn.Embedding,)
+    any_sample_dim = True
     param_names = ("weight",)
 
     def __init__(self, module: nn.Module) -> None:

@@ -23,6 +23,7 @@ class LayerNormHelper(AffineNormHelper):
     """
 
     module_types = (nn.LayerNorm,)
+    any_sample_dim = True
 
     def capture_forward(self, inputs: tuple[Any, ...], output: Any) -> torch.Tensor:
         x = inputs[0].detach()

@@ -20,6 +20,7 @@ class LinearHelper(WeightBiasHelper):
     """
 
     module_types = (nn.Linear,)
+    any_sample_dim = True
 
     def capture_forward(self, inputs: tuple[Any, ...], output: Any) -> torch.Tensor:
         x = inputs[0].detach()

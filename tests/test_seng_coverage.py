@@ -1,0 +1,120 @@
+"""Which parameters SENG preconditions: subclasses matched by isinstance when they keep the
+forward, every other trainable parameter named with its reason (one warning, or an error
+with ``strict=True``), and the covered fraction in the report."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from seng_oracle import batch_loss, check_layers, full_grad, per_sample_grads
+from torch import nn
+
+from seng import SENGPreconditioner
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+DAMPING = 0.4
+
+
+class PlainLinear(nn.Linear):
+    """A subclass that keeps Linear's forward (a user's marker class)."""
+
+
+class ScaledLinear(nn.Linear):
+    """A subclass with its own forward: Linear's capture rules do not describe it."""
+
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = PlainLinear(4, 6)
+        self.b = ScaledLinear(6, 6)
+        self.c = nn.Linear(6, 3)
+        self.d = nn.Linear(3, 3)
+        self.gain = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.d(self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))) * self.gain
+
+
+def ce(out, y):
+    return F.cross_entropy(out, y)
+
+
+def test_subclass_keeping_forward_is_exact_and_the_rest_is_named():
+    """PlainLinear is preconditioned exactly (torch.func oracle); ScaledLinear and the free
+    gain are named with their reasons in one warning at construction."""
+    torch.manual_seed(0)
+    model = Net()
+    with pytest.warns(UserWarning, match="damped gradient only") as record:
+        pre = SENGPreconditioner(model, damping=DAMPING)
+    message = str(record[0].message)
+    assert "b.weight (ScaledLinear subclasses nn.Linear with its own forward)" in message
+    assert "b.bias (ScaledLinear" in message
+    assert "gain (no SENG helper for Net)" in message
+    assert "a.weight" not in message and "c.weight" not in message
+    assert pre.uncovered_parameters() == {
+        "b.weight": "ScaledLinear subclasses nn.Linear with its own forward",
+        "b.bias": "ScaledLinear subclasses nn.Linear with its own forward",
+        "gain": "no SENG helper for Net"}
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(10, 4, generator=g), torch.randint(0, 3, (10,), generator=g)
+    ps = per_sample_grads(model, ce, x, y)
+    batch_loss(model, ce, x, y, "mean").backward()
+    pre.step()
+    check_layers(model, ["a", "c", "d"], ps, full_grad(ps, "mean"), DAMPING)
+    covered = sum(p.numel() for n, p in model.named_parameters() if n[0] in "acd")
+    total = sum(p.numel() for p in model.parameters())
+    assert f"preconditioned: {covered} of {total} trainable parameters" in pre.report()
+
+
+def test_strict_makes_it_an_error_and_fallback_covers_all():
+    with pytest.raises(ValueError, match=r"strict=True: .*b\.weight \(ScaledLinear"):
+        SENGPreconditioner(Net(), strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pre = SENGPreconditioner(Net(), strict=True, fallback="torch.func")
+    assert pre.uncovered_parameters() == {}
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        SENGPreconditioner(Net(), strict=1)
+
+
+def test_frozen_parameters_are_not_named():
+    """A frozen parameter needs no curvature: nothing to warn about (boundary: the same
+    model with the gain trainable warns)."""
+    model = nn.Sequential(nn.Linear(3, 3), ScaledLinear(3, 2))
+    model[1].requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SENGPreconditioner(model)
+    model[1].bias.requires_grad_(True)
+    with pytest.warns(UserWarning, match=r"1 trainable parameter\(s\).*1\.bias"):
+        SENGPreconditioner(model)
+
+
+def test_tied_parameters_are_named_as_shared():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+    model[2].weight = model[0].weight
+    with pytest.warns(UserWarning, match=r"0\.weight \(shared by 2 modules\)"):
+        pre = SENGPreconditioner(model)
+    assert list(pre.uncovered_parameters()) == ["0.weight"]
+
+
+def test_multihead_attention_parameters_are_named():
+    """nn.MultiheadAttention calls no submodule: its out_proj (a Linear subclass that keeps
+    the forward) is named, not registered, since hooks would never see a call."""
+    model = nn.Sequential(nn.Linear(4, 8))
+    model.add_module("attn", nn.MultiheadAttention(8, 2, batch_first=True))
+    with pytest.warns(UserWarning) as record:
+        pre = SENGPreconditioner(model)
+    uncovered = pre.uncovered_parameters()
+    assert uncovered["attn.out_proj.weight"].startswith("used functionally by")
+    assert uncovered["attn.in_proj_weight"] == "no SENG helper for MultiheadAttention"
+    assert [r["name"] for r in pre.layer_info()] == ["0"]
+    assert "attn.out_proj.bias" in str(record[0].message)
