@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from seng_oracle import per_sample_grads
 from torch import nn
 
 from helpers import assert_close
 from seng.layers import helper_for
-from seng_oracle import per_sample_grads
 from seng.routes.persample import KroneckerFactors
 
 CONVS = [
