@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 
 import theory_checks
+import theory_checks.linalg
 from theory_checks import CHECKS, Check, Config, Result, run_check
 from theory_checks.__main__ import main
 
@@ -66,10 +67,75 @@ def test_ntk_fails_for_a_narrow_network_and_a_wrong_sketch_scaling():
     assert "damped/sketched GN ||r|| per step" in failed
 
 
-def test_linalg_fails_for_a_wrong_sketch_scaling():
-    params = {"sketch_scale": 1.1, "sketch_kinds": ("gaussian", "countsketch")}
+# The linalg stages other than the sketches, made small (their rows are not asserted on).
+LINALG_SKETCHES = {"wood_p": 60, "wood_n": 5, "rsvd_shape": (60, 40), "rsvd_power": (0,),
+                   "rsvd_draws": 3, "dist_samples": 64, "dist_workers": (2,), "dist_trials": 1}
+
+
+@pytest.mark.parametrize("params", [{"sketch_scale": 1.02}, {"sketch_scale": 0.98},
+                                    {"sketch_adjoint_scale": 1.02}],
+                         ids=["S x1.02", "S x0.98", "S.T x1.02"])
+def test_linalg_isometry_fails_just_past_a_2_percent_scaling(params):
+    # A 2% scaling of S moves E||SX||²/||X||² to 1.04, 1.3-3 of its 3-standard-error
+    # half-widths in the quick run (the exact sketches pass, test_quick_check_passes): just
+    # past the band, inside a band 3 times wider. On S.T alone it breaks X.T @ S.T = S @ X
+    # and <X, S.T(SX)> = ||SX||² per draw, by 4% against rounding (1e-16). The distortion
+    # rows (second moments) move by less than their noise and are not asserted on.
+    result = run_check("linalg", Config(quick=True, params={**LINALG_SKETCHES, **params}))
+    kinds = theory_checks.linalg.FULL["sketch_kinds"]
+    assert {f"sketch isometry: {k}" for k in kinds} <= _failed(result)
+    if "sketch_scale" in params:
+        for k in kinds:
+            v = {c.name: c.values for c in result.checks}[f"sketch isometry: {k}"]
+            assert v["err_sides"] <= 1
+            assert 1 < abs(v["scale"] - 1) / v["scale_ci"] < 3, k
+
+
+class _Unsigned:
+    """``|S|`` entrywise, a sketch whose every sign is +1, through the public products."""
+
+    def __init__(self, S):
+        self.S = S
+
+    def dense(self, like):
+        return abs(self.S.to_dense(like=like))
+
+    def __matmul__(self, A):
+        return self.dense(A) @ A
+
+    @property
+    def T(self):
+        return _UnsignedAdjoint(self)
+
+
+class _UnsignedAdjoint:
+    __array_ufunc__ = None  # so that ndarray @ this defers to __rmatmul__
+
+    def __init__(self, op):
+        self.op = op
+
+    def __matmul__(self, Y):
+        return self.op.dense(Y).T @ Y
+
+    def __rmatmul__(self, B):
+        return B @ self.op.dense(B).T
+
+
+def test_linalg_fails_for_sign_biased_sketches(monkeypatch):
+    # CountSketch and sparse sign with all signs +1 keep ||S e_j|| = 1, so E||SX||² is still
+    # ||X||² (the scale passes); but E[S^T S] = I + (11^T - I)/s off the diagonal, so
+    # <Sx, Sy> for the two nonnegative block indicators has mean m/(4s) (at least 0.67 here)
+    # against a standard deviation 1/sqrt(s) per draw.
+    sketch = theory_checks.linalg.sl.sketch
+    monkeypatch.setattr(theory_checks.linalg.sl, "sketch",
+                        lambda *a, **k: _Unsigned(sketch(*a, **k)))
+    params = {**LINALG_SKETCHES, "sketch_kinds": ("countsketch", "sparse_sign")}
     result = run_check("linalg", Config(quick=True, params=params))
-    assert _failed(result) == {"sketch distortion: gaussian", "sketch distortion: countsketch"}
+    checks = {c.name: c for c in result.checks}
+    for kind in ("countsketch", "sparse_sign"):
+        row = checks[f"sketch isometry: {kind}"]
+        assert not row.passed and row.values["cross_z"] > 10, row.measured
+        assert not checks[f"sketch distortion: {kind}"].passed
 
 
 def test_fisher_fails_for_a_wrongly_scaled_fisher():

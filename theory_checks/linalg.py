@@ -4,7 +4,10 @@ r"""Claim 4: the linear algebra SENG rests on.
   (``sketchlinalg.woodbury_solve``) against a dense solve, and the regularized
   least-squares form :math:`\alpha = \arg\min \|U\alpha - g\|^2 + \lambda\|\alpha\|^2`.
 * Sketch distortion :math:`E = U^T S^T S U - I` of each family: the exact second moment
-  :math:`E\|E\|_F^2` and the scaling :math:`\|E\|_2 \propto s^{-1/2}`.
+  :math:`E\|E\|_F^2` and the scaling :math:`\|E\|_2 \propto s^{-1/2}`; and the isometry
+  :math:`E[S^T S] = I` itself: :math:`E\langle Sx, Sy\rangle = 0` for nonnegative
+  :math:`x \perp y` (sign bias) and :math:`E\|SX\|_F^2 = \|X\|_F^2` through ``S @ X``,
+  ``X.T @ S.T`` and ``S.T @ Y`` (scaling of either side).
 * rSVD and the range finder against the Halko-Martinsson-Tropp expectation bounds.
 * The convolution identity: per-sample Gram = block sums of :math:`(\hat A^T\hat A) \circ
   (\hat G^T \hat G)`.
@@ -49,7 +52,9 @@ FULL: dict[str, Any] = {
     "sketch_sizes": (64, 128, 256, 512, 1024),
     "sketch_draws": 12,
     "sketch_kinds": ("gaussian", "srht", "countsketch", "sparse_sign", "sampling"),
+    "sketch_probes": 16,                # orthonormal columns X whose ||S X||_F^2 measures the scale
     "sketch_scale": 1.0,                # multiplies S (1 = isometric scaling; tests break it)
+    "sketch_adjoint_scale": 1.0,        # multiplies S.T only: B @ S.T and S.T @ Y (likewise)
     "rsvd_shape": (500, 300),
     "rsvd_rank": 10,
     "rsvd_oversample": 5,
@@ -97,8 +102,10 @@ def run(config: Config | None = None) -> Result:
         checks.extend(stage())
     details = (
         f"Woodbury: U of shape ({p['wood_p']}, {p['wood_n']}) with singular values "
-        f"logspace(0, -3); sketches embed a random {p['sketch_n']}-dimensional subspace of "
-        f"R^{p['sketch_m']} ({p['sketch_draws']} draws per size); rSVD of a "
+        f"logspace(0, -3); sketches embed a {p['sketch_n']}-dimensional subspace of "
+        f"R^{p['sketch_m']} ({p['sketch_n'] // 2} block indicators and random directions; "
+        f"{p['sketch_draws']} draws per size) and {p['sketch_probes']} orthonormal columns X "
+        "for the scale; rSVD of a "
         f"{p['rsvd_shape'][0]} x {p['rsvd_shape'][1]} matrix with σ_j = 1/j, rank "
         f"{p['rsvd_rank']}, oversampling {p['rsvd_oversample']}.\n")
     return Result(NAME, CLAIM, CURVATURE, checks, figures, details, time.perf_counter() - t0)
@@ -153,44 +160,105 @@ def _gamma(k: int) -> float:
     return k * EPS / (1 - k * EPS)
 
 
-# -- sketch distortion ------------------------------------------------------------------------
-def _second_moment(kind: str, U: np.ndarray, s: int) -> float:
-    """E||U^T S^T S U - I||_F^2 for orthonormal U (m x n); for SRHT an upper bound.
+# -- sketch distortion and isometry ---------------------------------------------------------
+def _subspace(rng: np.random.Generator, m: int, n: int) -> np.ndarray:
+    """Orthonormal ``U`` (``m x n``): ``n // 2`` normalized indicators of consecutive blocks of
+    the coordinates, then random directions orthogonal to them.
 
-    Derivations in docs/sketching.md (Gaussian: (n^2+n)/s; CountSketch and sparse sign:
-    (n^2+n-2 sum ||u_j||^4)/s; sampling without replacement: (m-s)/(s(m-1)) (m sum ||u_j||^4
-    - n); SRHT: at most (n^2+n)/s)."""
+    The indicators are nonnegative, so a sketch whose signs are biased gives ``E[E] != 0`` on
+    them, and a Hadamard transform maps them onto ``n // 2`` of its rows (for ``m`` a power of
+    two), so an SRHT without its random signs leaves them unmixed."""
+    r = n // 2
+    B = np.zeros((m, r))
+    for b, idx in enumerate(np.array_split(np.arange(m), r)):
+        B[idx, b] = 1.0 / math.sqrt(idx.size)
+    G = rng.standard_normal((m, n - r))
+    Q, _ = np.linalg.qr(G - B @ (B.T @ G))
+    return np.concatenate([B, Q], axis=1)
+
+
+def _second_moment(kind: str, U: np.ndarray, s: int) -> float:
+    """E||U^T S^T S U - I||_F^2 for orthonormal U (m x n).
+
+    Derivations in docs/sketching.md, with L4 = sum_j ||u_j||^4 over the rows of U. Gaussian:
+    (n^2+n)/s; CountSketch and sparse sign: (n^2+n-2 L4)/s; sampling without replacement:
+    (m-s)/(s(m-1)) (m L4 - n); SRHT (m' = m padded to a power of two): the sampling formula
+    of HDU, whose expectation over the signs D is (m'-s)/(s(m'-1)) (n^2+n-2 L4)."""
     m, n = U.shape
     lev4 = float(np.sum(np.sum(U * U, axis=1) ** 2))
-    if kind in ("gaussian", "srht"):
+    if kind == "gaussian":
         return (n * n + n) / s
     if kind in ("countsketch", "sparse_sign"):
         return (n * n + n - 2 * lev4) / s
+    if kind == "srht":
+        mp = _padded(m)
+        return (mp - s) / (s * (mp - 1)) * (n * n + n - 2 * lev4)
     return (m - s) / (s * (m - 1)) * (m * lev4 - n)
+
+
+def _cross_moment(kind: str, m: int, s: int) -> float:
+    """E<Sx, Sy>^2 for unit x, y with disjoint supports (so <x, y> = 0 and sum_j x_j^2 y_j^2 =
+    0): 1/s for Gaussian, CountSketch and sparse sign (the column-product identity of
+    docs/sketching.md), (m'-s)/(s(m'-1)) for the SRHT (HDx and HDy are independent given
+    disjoint supports, so E sum_i (HDx)_i^2 (HDy)_i^2 = 1/m', then the sampling formula), 0
+    for row sampling (x_i y_i = 0 for every kept row)."""
+    if kind in ("gaussian", "countsketch", "sparse_sign"):
+        return 1.0 / s
+    if kind == "srht":
+        mp = _padded(m)
+        return (mp - s) / (s * (mp - 1))
+    return 0.0
+
+
+def _padded(m: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(m)))
 
 
 def _distortion(ar: Arrays, p: dict, seed: np.random.SeedSequence, config: Config,
                 figures: list) -> list[Check]:
     xp = ar.xp
     rng = np.random.default_rng(seed)
-    m, n = p["sketch_m"], p["sketch_n"]
-    Uh, _ = np.linalg.qr(rng.standard_normal((m, n)))
-    U = ar.asarray(Uh)
+    m, n, k = p["sketch_m"], p["sketch_n"], p["sketch_probes"]
+    Uh = _subspace(rng, m, n)
+    Xh, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    W = ar.asarray(np.concatenate([Uh, Xh], axis=1))  # one product per draw for U and X
+    Wt = ar.asarray(np.concatenate([Uh, Xh], axis=1).T)
     sizes = np.array(p["sketch_sizes"])
-    eye = eye_like(U, n)
+    eye = eye_like(W, n)
+    # Rounding of ||SX||^2 / ||X||^2 computed through two products with S or S^T: each
+    # entry's error is at most gamma_m' times its terms' absolute sum, so (Cauchy-Schwarz,
+    # ||S||_F^2 ~ m) each product moves it by at most 2 gamma_m' sqrt(m' a), a the value.
+    side_tol = 4 * _gamma(_padded(m)) * math.sqrt(_padded(m))
     out = []
     curves = {}
     for kind in p["sketch_kinds"]:
         ratios, eps_all, ss = [], [], []
+        cross, cross_var, cross_round, left, sides = [], [], [], [], 0.0
         for s in sizes:
             moment = _second_moment(kind, Uh, int(s))
             for child in seed.spawn(p["sketch_draws"]):
                 S = sl.sketch(kind, int(s), m, rng=np.random.default_rng(child))
-                SU = p["sketch_scale"] * (S @ U)
+                scale, adjoint = p["sketch_scale"], p["sketch_scale"] * p["sketch_adjoint_scale"]
+                SW = scale * (S @ W)
+                SX = SW[:, n:]
+                XS = adjoint * (Wt[n:] @ S.T)  # X^T S^T: products on the right
+                StSX = adjoint * (S.T @ SX)  # the adjoint operator
+                SU = SW[:, :n]
                 E = SU.T @ SU - eye
                 ratios.append(ar.item(xp.sum(E * E)) / moment)
                 eps_all.append(ar.item(xp.max(xp.abs(xp.linalg.eigvalsh(E)))))
                 ss.append(int(s))
+                # x, y = the first two block indicators: unit, nonnegative, disjoint supports
+                cross.append(ar.item(xp.sum(SU[:, 0] * SU[:, 1])))
+                cross_var.append(_cross_moment(kind, m, int(s)))
+                cross_round.append(_gamma(_padded(m) + int(s)) * ar.item(
+                    xp.linalg.vector_norm(SU[:, 0]) * xp.linalg.vector_norm(SU[:, 1])))
+                # ||SX||^2 three ways: S @ X, X^T @ S.T, and <X, S^T (S X)>
+                a = ar.item(xp.sum(SX * SX)) / k
+                b = ar.item(xp.sum(XS * XS)) / k
+                c = ar.item(xp.sum(Wt[n:].T * StSX)) / k
+                left.append(a)
+                sides = max(sides, max(abs(a - b), abs(a - c)) / (side_tol * math.sqrt(a)))
         mean, half = _fit.mean_ci(np.array(ratios))
         fit = _fit.exponent(np.array(ss), np.array(eps_all))
         ci = fit.half_width(0.99)
@@ -201,19 +269,21 @@ def _distortion(ar: Arrays, p: dict, seed: np.random.SeedSequence, config: Confi
             mp = mp * np.sqrt((m - sizes) / (m - 1))
         model = _fit.exponent(sizes, mp).slope
         slope_ok = abs(fit.slope + 0.5) <= abs(model + 0.5) + ci
-        moment_ok = (mean - half <= 1.0) if kind == "srht" else abs(mean - 1.0) <= half
-        rel = "<=" if kind == "srht" else "="
+        moment_ok = abs(mean - 1.0) <= half
         curves[kind] = (ss, eps_all, fit)
         out.append(Check(
             f"sketch distortion: {kind}",
-            f"E||E||_F² {rel} formula (ratio {rel} 1); ||E||_2 slope -1/2",
+            "E||E||_F² = formula (ratio = 1); ||E||_2 slope -1/2",
             f"ratio {mean:.3f} ± {half:.3f}; slope {fit.slope:.3f} ± {ci:.3f} "
             f"(r² {fit.r2:.3f}; allowed ±{abs(model + 0.5):.3f} + CI)",
             moment_ok and slope_ok,
-            "mean of ||E||_F² / formula within 3 standard errors of 1 (SRHT: not above 1), "
-            "and |slope + 1/2| <= |slope of the second-order model + 1/2| + 99% CI",
+            "mean of ||E||_F² / formula within 3 standard errors of 1, and |slope + 1/2| <= "
+            "|slope of the second-order model + 1/2| + 99% CI; U holds block indicators "
+            "(nonnegative, coherent after a Hadamard transform) and random directions",
             {"ratio": mean, "slope": fit.slope},
         ))
+        out.append(_isometry(kind, np.array(cross), np.array(cross_var),
+                             float(np.sum(cross_round)), np.array(left), sides))
     with figure(config, "linalg_sketch_distortion", figures) as ax:
         if ax is not None:
             for kind, (ss, eps_all, fit) in curves.items():
@@ -227,6 +297,31 @@ def _distortion(ar: Arrays, p: dict, seed: np.random.SeedSequence, config: Confi
             ax.set_title(f"subspace distortion, n = {n}, m = {m}")
             ax.legend(fontsize=7)
     return out
+
+
+def _isometry(kind: str, cross: np.ndarray, cross_var: np.ndarray, cross_round: float,
+              left: np.ndarray, sides: float) -> Check:
+    """E[S^T S] = I through every product with S: <Sx, Sy> has mean 0 for x perpendicular to y
+    (a sign bias shows as a mean of order (1^T x)(1^T y)/s), ||S X||_F^2 has mean ||X||_F^2
+    (a scaling c shows as c^2), and X^T S^T and S^T (S X) give the same number per draw (the
+    adjoint, scaled or not, is the adjoint)."""
+    sd = math.sqrt(float(np.sum(cross_var)))
+    total = float(np.sum(cross))
+    cross_ok = abs(total) <= 3 * sd + cross_round
+    mean, half = _fit.mean_ci(left)
+    z = total / sd if sd > 0 else 0.0
+    return Check(
+        f"sketch isometry: {kind}",
+        "E<Sx,Sy> = 0 for x ⊥ y; E||SX||²/||X||² = 1 by S @ X = by X.T @ S.T = by S.T @ (SX)",
+        f"sum <Sx,Sy> = {total:.3g} ({z:+.2f} sd); ||SX||²/||X||² {mean:.4f} ± {half:.4f}; "
+        f"the three products differ by {sides:.2g} of rounding",
+        cross_ok and abs(mean - 1.0) <= half and sides <= 1,
+        "x, y block indicators (nonnegative, disjoint): |sum over draws of <Sx,Sy>| <= 3 "
+        "sqrt(sum of the exact E<Sx,Sy>²) + rounding; ||SX||²/||X||² (X orthonormal) within 3 "
+        "standard errors of 1; X.T @ S.T and <X, S.T @ (SX)> equal to it per draw up to "
+        "rounding (4 γ_m' sqrt(m') relative)",
+        {"cross_z": z, "scale": mean, "scale_ci": half, "err_sides": sides},
+    )
 
 
 # -- randomized SVD against Halko-Martinsson-Tropp --------------------------------------------
