@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,22 @@ class SENG(torch.optim.Optimizer):
         As in :class:`SENGPreconditioner`. Default 1.0.
     update_freq : int or callable
         As in :class:`SENGPreconditioner`. Default 10.
+    kl_clip : float or None
+        Trust region on each step (as K-FAC's KL clipping): the direction is scaled by
+        ``min(1, sqrt(kl_clip / (lr^2 d^T g)))``, so that ``lr^2 d^T g``, K-FAC's estimate
+        of the step's second-order change ``lr^2 d^T F d`` of the model's output
+        distribution (an upper bound when ``d = (F + lambda I)^{-1} g``), is at most
+        ``kl_clip``. None (default): no clipping.
+    adaptive_damping : bool
+        Levenberg-Marquardt adaptation of the damping (Martens and Grosse 2015, Section
+        6.5): every ``adapt_interval`` steps, the step's reduction ratio
+        ``rho = (h(w + delta) - h(w)) / (g^T delta + delta^T F delta / 2)`` (``h`` the
+        closure's loss, ``F = U U^T`` per layer) multiplies the damping by
+        ``omega = (19/20)^adapt_interval`` when ``rho > 3/4`` and divides it by ``omega``
+        when ``rho < 1/4``. Needs ``step(closure)``, which it calls once more after the
+        update (with the curvature capture off). Default False.
+    adapt_interval : int
+        Steps between damping adaptations. Default 5.
     **preconditioner_options
         Further keyword arguments of :class:`SENGPreconditioner` (``damping_rule``,
         ``sketch``,
@@ -62,6 +79,9 @@ class SENG(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         damping: Damping = 1.0,
         update_freq: UpdateFreq = 10,
+        kl_clip: float | None = None,
+        adaptive_damping: bool = False,
+        adapt_interval: int = 5,
         **preconditioner_options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -72,6 +92,19 @@ class SENG(torch.optim.Optimizer):
             raise ValueError(f"Invalid momentum value: {momentum} (must be in [0, 1))")
         if not _hyper._is_real(weight_decay) or not weight_decay >= 0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
+        self.kl_clip = _hyper.check_positive_float(kl_clip, "kl_clip", allow_none=True)
+        if not isinstance(adaptive_damping, bool):
+            raise TypeError(f"adaptive_damping must be a bool, got "
+                            f"{type(adaptive_damping).__name__}")
+        if adaptive_damping and callable(damping):
+            raise ValueError("adaptive_damping=True adapts a number: give damping as a float, "
+                             "not a schedule")
+        if adaptive_damping and self._preconditioner_type is not SENGPreconditioner:
+            raise ValueError("adaptive_damping is not available with seng.distributed yet")
+        self.adaptive_damping = adaptive_damping
+        self.adapt_interval = _hyper.check_positive_int(adapt_interval, "adapt_interval")
+        #: The last reduction ratio ``rho`` of the damping adaptation (None before one).
+        self.last_reduction_ratio: float | None = None
         self.preconditioner = self._preconditioner_type(
             model, damping=damping, update_freq=update_freq, **preconditioner_options)
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
@@ -79,20 +112,29 @@ class SENG(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One SENG step; ``closure`` (optional) re-evaluates the model and returns the loss."""
+        """One SENG step; ``closure`` (optional; needed by ``adaptive_damping``) re-evaluates
+        the model, backpropagates and returns the loss."""
+        pre = self.preconditioner
+        adapt = self.adaptive_damping and pre.step_count % self.adapt_interval == 0
+        if adapt and closure is None:
+            raise ValueError("adaptive_damping=True needs step(closure): the closure "
+                             "re-evaluates the loss after the update")
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grads = {}
+        grads, raw = {}, {}
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    g = p.grad
+                    g = raw[p] = p.grad
                     grads[p] = g.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else g
-        directions = self.preconditioner.precondition(grads)
+        directions = pre.precondition(grads)
         if directions is None:  # skipped on every rank (seng.distributed)
             return loss
+        if self.kl_clip is not None:
+            self._clip(directions, grads)
+        updates = {}
         for group in self.param_groups:
             for p in group["params"]:
                 d = directions.get(p)
@@ -106,8 +148,40 @@ class SENG(torch.optim.Optimizer):
                     else:
                         buf.mul_(group["momentum"]).add_(d)
                     d = buf
-                p.add_(d, alpha=-group["lr"])
+                updates[p] = d * -group["lr"]
+        if adapt:
+            predicted = (sum(float((raw[p].double() * u.double()).sum()) for p, u in updates.items()
+                             if p in raw) + 0.5 * pre.curvature_quadratic(updates))
+        for p, u in updates.items():
+            p.add_(u)
+        if adapt:
+            self._adapt(_scalar(loss), closure, predicted)
         return loss
+
+    def _clip(self, directions: dict[torch.Tensor, torch.Tensor],
+              grads: dict[torch.Tensor, torch.Tensor]) -> None:
+        """Scale the directions by ``min(1, sqrt(kl_clip / (lr^2 d^T g)))``."""
+        lr = {p: group["lr"] for group in self.param_groups for p in group["params"]}
+        vg = sum(lr[p] ** 2 * float((d.double() * grads[p].double()).sum())
+                 for p, d in directions.items())
+        if vg > self.kl_clip:
+            nu = math.sqrt(self.kl_clip / vg)
+            for p in directions:
+                directions[p] = directions[p] * nu
+
+    def _adapt(self, before: float, closure: Callable[[], Any], predicted: float) -> None:
+        """One Levenberg-Marquardt update of the damping from the step just taken."""
+        capture = self.preconditioner._capture
+        active, capture.active = capture.active, False  # this forward is no training step
+        try:
+            with torch.enable_grad():
+                after = _scalar(closure())
+        finally:
+            capture.active = active
+        rho = (after - before) / predicted if predicted < 0 else -math.inf
+        self.last_reduction_ratio = rho
+        self.preconditioner.damping = levenberg_marquardt(
+            self.preconditioner.damping, rho, (19 / 20) ** self.adapt_interval)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients and the curvature of a backward whose step was not taken.
@@ -120,15 +194,41 @@ class SENG(torch.optim.Optimizer):
         self.preconditioner._capture.drop_completed()
 
     def state_dict(self) -> dict[str, Any]:
-        """``torch.optim.Optimizer.state_dict()`` plus the preconditioner's under ``"seng"``."""
+        """``torch.optim.Optimizer.state_dict()`` plus the preconditioner's under ``"seng"``
+        (and the adapted damping, when ``adaptive_damping``)."""
         state = super().state_dict()
         state["seng"] = self.preconditioner.state_dict()
+        if self.adaptive_damping:
+            state["seng"]["adapted_damping"] = self.preconditioner.damping
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         if "seng" not in state_dict:
             raise ValueError("state_dict has no 'seng' entry (not saved by SENG.state_dict)")
-        seng_state = state_dict.pop("seng")
+        seng_state = dict(state_dict.pop("seng"))
+        adapted = seng_state.pop("adapted_damping", None)
         super().load_state_dict(state_dict)
         self.preconditioner.load_state_dict(seng_state)
+        if self.adaptive_damping and adapted is not None:
+            self.preconditioner.damping = float(adapted)
+
+
+def _scalar(loss: Any) -> float:
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+
+
+#: The adapted damping stays in this range (numerical safety, far from typical values).
+DAMPING_RANGE = (1e-8, 1e8)
+
+
+def levenberg_marquardt(damping: float, rho: float, omega: float) -> float:
+    """Martens and Grosse (2015), Section 6.5: ``damping * omega`` when the step did better
+    than the quadratic model predicted in three quarters (``rho > 3/4``), ``damping /
+    omega`` when it did worse than a quarter of it (``rho < 1/4``), else unchanged; kept in
+    :data:`DAMPING_RANGE`."""
+    if rho > 0.75:
+        damping *= omega
+    elif rho < 0.25:
+        damping /= omega
+    return min(max(damping, DAMPING_RANGE[0]), DAMPING_RANGE[1])

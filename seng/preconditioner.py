@@ -402,6 +402,22 @@ class SENGPreconditioner:
         self._capture.active = self._capture_due(k + 1, next_freq)
         return out
 
+    @torch.no_grad()
+    def curvature_quadratic(self, vectors: Mapping[torch.Tensor, torch.Tensor]) -> float:
+        """``v^T U U^T v = ||U^T v||^2`` summed over the layers with a stored curvature
+        (block-diagonal empirical Fisher) for ``vectors`` (``{parameter: v}``); parameters
+        without curvature add nothing."""
+        total = 0.0
+        for layer in self._layers:
+            if layer.curvature is None or not layer.live:
+                continue
+            if any(layer.params[n] not in vectors for n in layer.live):
+                continue
+            block = layer.helper.grads_to_block({n: vectors[layer.params[n]] for n in layer.live})
+            v = layer.curvature.store.rmatvec(block.to(_work_dtype(block.dtype)))
+            total += float(v.double().square().sum())
+        return total
+
     def _check_sample_counts(self) -> None:
         """Every layer captured this step must see the same number of samples N; layers
         that disagree read their samples from another dimension than the batch's (say so
