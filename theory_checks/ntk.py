@@ -297,6 +297,7 @@ def _rate_checks(p: dict, data: list, rows: list) -> list[Check]:
         gd_meas.append(f"{rate:.4f} [{math.exp(lo):.4f}, {math.exp(hi):.4f}] "
                        f"(r² {fit.r2:.4f}, Δ/λ0={delta / lam0:.2f})")
         gd_vals[f"rate_{ds['index']}"] = rate
+        gd_vals[f"regime_{ds['index']}"] = delta / lam0
     by_lam0 = [f for _, f in sorted(rates, reverse=True)]  # largest lambda0 first
     ordered = all(b > a for a, b in itertools.pairwise(by_lam0))
     checks.append(Check(
