@@ -50,11 +50,12 @@ def range_finder(
 
     and :math:`Q = Q_q` spans the range of :math:`(A A^T)^q A \Omega`. Every product is
     re-orthonormalized, so singular values below :math:`\epsilon^{1/(2q+1)} \sigma_1` are
-    not lost to rounding (HMT 2011, Algorithm 4.4). Each orthonormalization is SVQB (a Gram
-    matrix, an :math:`\ell \times \ell` ``eigh`` and a GEMM; twice for the returned
-    :math:`Q`) when the product is well enough conditioned for it to lose at most a relative
-    :math:`10^{-4}` of accuracy, and Householder QR otherwise (see ``orthonormalize`` in this
-    module).
+    not lost to rounding (HMT 2011, Algorithm 4.4). Each orthonormalization is Cholesky QR
+    (a Gram matrix, an :math:`\ell \times \ell` Cholesky and a triangular solve; twice for
+    the returned :math:`Q`, CholQR2), preceded by shifted Cholesky QR passes when the product
+    is too ill-conditioned for it (sCholQR3 of Fukaya et al. 2020), so every step runs at
+    GEMM speed and keeps the span to rounding; small products use Householder QR (see
+    ``orthonormalize`` in this module).
     For a Gaussian :math:`\Omega` and :math:`p = \ell - k \ge 2`,
 
     .. math::
@@ -290,48 +291,97 @@ def basis(M: Matrix, l: int, q: int, kind: str, gen: Any) -> Any:
     return Q
 
 
-# Largest eps * cond(Y)^2 for which orthonormalize uses SVQB instead of Householder QR.
-_SVQB_MAX_LOSS = 1e-4
-# Below this many entries Householder QR is cheaper than SVQB's fixed cost (the l x l eigh and
-# its steps): measured on CPU with NumPy and torch, e.g. 64 x 16 (QR 3-7x faster), against
-# 4096 x 64 (SVQB faster, and far steadier under load).
+# A Cholesky QR pass runs unshifted when the Gram's eigenvalues predict a loss of
+# orthogonality u cond(Y)^2 <= this; measured losses are 0.1-2 u cond^2 (m x n = 3000 x 60,
+# 300 x 12, 1e5 x 20, float32 and float64), so the next pass sees cond <= 1.02.
+_PLAIN_MAX_LOSS = 1e-2
+# Cholesky QR passes (shifted ones included) before Householder QR takes over: a shifted pass
+# divides cond by about (u (m + n^2))^(-1/2), so 8 reach cond ~ 1 from any float64 sample.
+_MAX_PASSES = 8
+# Below this many entries Householder QR is cheaper than the Gram path's fixed cost (its
+# l x l eigvalsh and Cholesky): measured on CPU with NumPy and torch, e.g. 64 x 16 (QR 3-7x
+# faster), against 4096 x 64 (Gram path faster, and far steadier under load). The name is
+# the one the tests patch to send small matrices down the Gram path (it was SVQB's).
 _SVQB_MIN_SIZE = 1 << 14
 
 
 def orthonormalize(xp: Any, Y: Any, passes: int = 1) -> tuple[Any, Any]:
     r"""``(Z, C)`` with ``Y = Z C``, ``Z`` (``m x l``) with orthonormal columns spanning
-    ``range(Y)``, ``C`` of shape ``l x l``.
+    ``range(Y)``, ``C`` upper triangular ``l x l``.
 
-    SVQB (Stathopoulos and Wu 2002): :math:`Y^T Y = V \Lambda V^T` (an :math:`\ell \times
-    \ell` ``eigh``), :math:`Z = Y V \Lambda^{-1/2}`, :math:`C = \Lambda^{1/2} V^T`. It costs
-    two GEMMs, against the panel-bound Householder QR of a tall thin matrix (several times
-    slower on CPU and GPU). Errors in :math:`V` and :math:`\Lambda` change only the basis, not
-    its span, so the span is wrong only by the rounding of :math:`Y V \Lambda^{-1/2}`, about
-    :math:`\epsilon \kappa(Y)`; the orthogonality of ``Z`` and the residual of ``Y = Z C`` are
-    about :math:`\epsilon \kappa(Y)^2` and :math:`\epsilon \kappa(Y) \|Y\|`. SVQB is therefore
-    used only when the Gram's eigenvalues give :math:`\epsilon \kappa(Y)^2 \le 10^{-4}`:
-    where ``Y = A X`` with orthonormal ``X`` (every product of the range finder) and
-    :math:`\kappa(Y) \approx \sigma_1 / \sigma_\ell`, the extra error is then below
-    :math:`10^{-4} \sigma_\ell \le 10^{-4} \sigma_{k+1}`. ``passes=2`` repeats it on ``Z``
-    (now :math:`\kappa \approx 1`) for orthogonality to working precision. Otherwise
-    (fast-decaying spectra, rank-deficient samples, float32 beyond
-    :math:`\kappa \approx 29`), and for small ``Y`` (fewer than :math:`2^{14}` entries, where
-    it is faster), Householder QR, with ``C = R``.
+    Cholesky QR (CholQR): :math:`Y^T Y = R^T R`, :math:`Z = Y R^{-1}` (a Gram, an
+    :math:`\ell \times \ell` Cholesky and a triangular solve: GEMM speed, where Householder
+    QR of a tall thin matrix is panel-bound and several times slower on CPU and GPU). The
+    solve is backward stable row by row, so :math:`\|Y - ZR\| = O(u)\|Y\|` whenever
+    :math:`\|Z\| = O(1)` and the span is kept to :math:`O(u\,\kappa(Y))`; the orthogonality
+    of ``Z`` is lost to about :math:`u\,\kappa(Y)^2` (Yamamoto, Nakatsukasa, Yanagisawa and
+    Fukaya 2015), which a second pass on ``Z`` (:math:`\kappa \approx 1`) brings to
+    :math:`O(u)`: CholQR2. The eigenvalues of each Gram decide the pass:
+
+    - :math:`u\,\kappa^2 \le 10^{-2}`: a plain pass (it counts toward ``passes``);
+    - otherwise (the Cholesky factor would be inaccurate or fail): a shifted pass,
+      :math:`R^T R = Y^T Y + sI` with :math:`s = u\,(m + \ell(\ell + 1))\,\|Y\|_2^2`, the
+      shift of Fukaya, Kannan, Nakatsukasa, Yamamoto and Yanagisawa (2020) with the rounding
+      of the Gram at its typical size instead of its worst case (theirs,
+      :math:`11(m\ell + \ell(\ell+1))u\|Y\|_2^2`, needs 10 passes or more in float32 where
+      this needs 2-6; a failed Cholesky retries with a 100 times larger shift). The shift
+      keeps :math:`\|Z\| \le 1` and divides :math:`\kappa` by about
+      :math:`(u(m + \ell^2))^{-1/2}` (:math:`10^6` in float64, 50 in float32), so sketches
+      with :math:`\kappa` up to and beyond :math:`1/u` (numerically rank-deficient) end with
+      plain passes too: sCholQR3 and its repetitions.
+
+    ``passes=1`` stops after one plain pass (orthogonality :math:`\lesssim 10^{-2}`, enough
+    for the power iterations, whose span is what matters); ``passes=2`` after two
+    (orthogonality to working precision). ``C`` is the product of the passes' factors.
+    Householder QR (``C = R``) serves small ``Y`` (fewer than :math:`2^{14}` entries, where it
+    is faster), ``Y`` with an exactly zero or dependent column that no shift can fill, and
+    the rare sample that more than 8 passes do not settle.
     """
-    if Y.shape[0] * Y.shape[1] < _SVQB_MIN_SIZE:
+    m, n = Y.shape
+    if m * n < _SVQB_MIN_SIZE:
         return _backend.qr(Y)
-    eps = float(xp.finfo(Y.dtype).eps)
+    u = float(xp.finfo(Y.dtype).eps) / 2  # unit roundoff
     Z, C = Y, None
-    for _ in range(passes):
-        lam, V = xp.linalg.eigh(Z.T @ Z)
-        lo, hi = float(lam[0]), float(lam[-1])
-        if not (lo > 0 and eps * hi <= _SVQB_MAX_LOSS * lo):
-            return _backend.qr(Y)
-        root = xp.sqrt(lam)
-        Z = Z @ (V / root)
-        step = root[:, None] * V.T
-        C = step if C is None else step @ C
-    return Z, C
+    plain = 0
+    for _ in range(_MAX_PASSES):
+        G = Z.T @ Z
+        # After a plain pass cond(Z) <= 1.02: no need to look at the spectrum again.
+        L = _backend.cholesky(G) if plain else None
+        shifted = False
+        if L is None:
+            lam = xp.linalg.eigvalsh(G)
+            lo, hi = float(lam[0]), float(lam[-1])
+            if not (math.isfinite(hi) and float(xp.min(xp.linalg.diagonal(G))) > 0):
+                break  # a zero column (no shift fills it) or a non-finite Y
+            if u * hi <= _PLAIN_MAX_LOSS * lo:
+                L = _backend.cholesky(G)
+            if L is None:
+                L = _shifted_cholesky(xp, G, u * (m + n * (n + 1)) * hi)
+                if L is None:
+                    break
+                shifted = True
+        plain += not shifted
+        Z = _right_solve_transposed(xp, Z, L)
+        C = L.T if C is None else L.T @ C
+        if plain == passes:
+            return Z, C
+    return _backend.qr(Y)
+
+
+def _shifted_cholesky(xp: Any, G: Any, shift: float) -> Any:
+    """Lower Cholesky factor of ``G + s I`` with ``s = shift`` or, failing that,
+    ``100 shift``; None when both fail."""
+    eye = xp.eye(G.shape[0], dtype=G.dtype, device=array_api_compat.device(G))
+    for s in (shift, 100.0 * shift):
+        L = _backend.cholesky(G + s * eye)
+        if L is not None:
+            return L
+    return None
+
+
+def _right_solve_transposed(xp: Any, Z: Any, L: Any) -> Any:
+    """``Z L^{-T}`` for lower triangular ``L``: each row solved backward stably."""
+    return _backend.solve_triangular(L, Z.T, lower=True).T
 
 
 def check_products_finite(xp: Any, X: Any) -> None:

@@ -48,7 +48,7 @@ def nystrom(
     so that :math:`U \operatorname{diag}(\lambda) U^T` is the Nystrom approximation of
     :math:`A + \nu I` with the shift removed; ``U`` and ``lambda`` are then truncated to
     ``rank``. The SVD of :math:`E` is taken through :math:`Y_\nu = P R` (orthonormal
-    :math:`P`, square :math:`R`; SVQB or Householder QR as in the range finder) as the SVD
+    :math:`P`, square :math:`R`; Cholesky QR as in the range finder) as the SVD
     of the small :math:`R C^{-T}`. For a Gaussian :math:`\Omega` and any :math:`r \le \ell - 2`,
     :math:`A - \hat A = A^{1/2}(I - P_{A^{1/2}\Omega})A^{1/2}` gives, with HMT (2011)
     Theorem 10.5 applied to :math:`A^{1/2}`,

@@ -23,7 +23,7 @@ def rsvd(
     With the orthonormal :math:`Q \in \mathbb{R}^{m \times \ell}` of
     :func:`sketchlinalg.range_finder` (same arguments), one more pass gives
     :math:`W = A^T Q = P R` with orthonormal :math:`P` and :math:`R \in \mathbb{R}^{\ell
-    \times \ell}` (SVQB or Householder QR, as in the range finder), so that
+    \times \ell}` (Cholesky QR, as in the range finder), so that
     :math:`Q^T A = R^T P^T`. The SVD of the small matrix :math:`R^T = X
     \operatorname{diag}(\hat s) \hat Y^T` then yields
 
@@ -38,9 +38,9 @@ def rsvd(
     :math:`\|A - U \operatorname{diag}(s) V^T\| \le \|A - A_k\| + \|(I - QQ^T)A\|` in
     the spectral and Frobenius norms (HMT 2011, Sec. 9.4), with the expectation bounds of
     :func:`sketchlinalg.range_finder` for the last term, and by Weyl's inequality
-    :math:`0 \le \sigma_j - s_j \le \|(I - QQ^T)A\|_2`, up to rounding (where SVQB is used,
-    a relative :math:`10^{-4} \sigma_\ell` at most). Cost: :math:`2q + 2` passes over ``A``
-    and :math:`2q + 2` orthonormalizations of :math:`\ell`-column matrices.
+    :math:`0 \le \sigma_j - s_j \le \|(I - QQ^T)A\|_2`, up to rounding. Cost: :math:`2q + 2`
+    passes over ``A`` and :math:`2q + 2` orthonormalizations of :math:`\ell`-column matrices
+    (each a few Gram matrices and triangular solves).
 
     Parameters
     ----------
