@@ -2,21 +2,25 @@
 
 rsvd: ``sl.rsvd`` against ``torch.svd_lowrank`` and
 ``sklearn.utils.extmath.randomized_svd`` at equal rank (50), oversampling (10) and power
-iterations (2), on a 3000 x 3000 float64 matrix with singular values ``1/j`` (slow decay,
-where power iterations matter). scikit-learn runs twice: its default normalizer (none for
-two iterations) and ``power_iteration_normalizer="QR"``, the re-orthonormalized scheme all
-the others run. nystrom: ``sl.nystrom`` and ``sl.eigh_randomized`` against
-``scipy.sparse.linalg.eigsh`` (Lanczos, converged) at the same rank on the PSD matrix with
-eigenvalues ``1/j``.
+iterations (2), on two 3000 x 3000 float64 matrices: singular values ``1/j`` (slow decay,
+where power iterations matter), and the input rSVD exists for, a numerically low-rank one
+(rank 50 with singular values log-spaced from 1 to 1e-3, plus Gaussian noise of standard
+deviation 1e-6: its power-iteration products are ill-conditioned). scikit-learn runs twice:
+its default normalizer (none for two iterations) and ``power_iteration_normalizer="QR"``, the
+re-orthonormalized scheme all the others run. nystrom: ``sl.nystrom`` and
+``sl.eigh_randomized`` against ``scipy.sparse.linalg.eigsh`` (Lanczos, converged) at the
+same rank on the PSD matrix with eigenvalues ``1/j``.
 
 Errors are ``||A - A_hat||_2 / sigma_{k+1}`` (1 is optimal) and the Frobenius analogue
 ``||A - A_hat||_F / (sum_{j>k} sigma_j^2)^{1/2}``. Times are the best over 3 turns of 3
-back-to-back calls per method, the methods taking turns; each turn starts with a short
-sleep (torch's OpenMP threads spin for a while after a call and would steal the cores from
-the next library) and one untimed call (waking the BLAS threads of this library). The time
-floor is the 2q + 2 = 6 passes over A, one GEMM with 60 columns each, that every method
-here makes. Run ``python benchmarks/bench_rsvd.py`` (``--quick`` for a small smoke size,
-``--device cuda`` to run the torch rows, ours and torch's, on the GPU).
+back-to-back calls per method, the methods taking turns; each turn starts with a pause
+(torch's OpenMP threads and OpenBLAS's threads spin for a while after a call and would
+steal the cores from the next library) and one untimed call (waking the threads of this
+library). The time floor is the 2q + 2 = 6 passes over A, one GEMM with 60 columns each,
+that every method here makes. The last lines give, per matrix and backend, ``sl.rsvd``
+over ``torch.svd_lowrank`` and over scikit-learn (default), the ratios of the targets.
+Run ``python benchmarks/bench_rsvd.py`` (``--quick`` for a small smoke size, ``--device
+cuda`` to run the torch rows, ours and torch's, on the GPU).
 """
 
 from __future__ import annotations
@@ -27,10 +31,15 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse.linalg
 
 import sketchlinalg as sl
 from sketchlinalg._backend import to_host
+
+# Seconds between two libraries' turns: OpenBLAS's idle threads spin for about 0.1 s and
+# libgomp's (torch) for a few ms before they sleep.
+PAUSE = 0.5
 
 
 def best_times(fns: dict[str, Callable[[], object]], rounds: int, repeats: int,
@@ -42,7 +51,7 @@ def best_times(fns: dict[str, Callable[[], object]], rounds: int, repeats: int,
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(rounds):
         for name, fn in fns.items():
-            time.sleep(0.3)
+            time.sleep(PAUSE)
             fn()
             sync()
             for _ in range(repeats):
@@ -57,6 +66,14 @@ def matrices(n: int, s: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     U, _ = np.linalg.qr(rng.standard_normal((n, n)))
     V, _ = np.linalg.qr(rng.standard_normal((n, n)))
     return (U * s) @ V.T, (V * s) @ V.T
+
+
+def low_rank_plus_noise(n: int, rank: int, rng: np.random.Generator) -> np.ndarray:
+    """``U diag(s) V^T + 1e-6 G``: ``rank`` singular values log-spaced from 1 to 1e-3,
+    Haar ``U``, ``V`` (``n x rank``), standard Gaussian ``G``."""
+    U, _ = np.linalg.qr(rng.standard_normal((n, rank)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, rank)))
+    return (U * np.logspace(0, -3, rank)) @ V.T + 1e-6 * rng.standard_normal((n, n))
 
 
 def errors(A: np.ndarray, L: np.ndarray, R: np.ndarray, s: np.ndarray, k: int) -> tuple[float, ...]:
@@ -83,8 +100,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     s = 1.0 / np.arange(1, n + 1)
     A, A_psd = matrices(n, s, rng)
+    B = low_rank_plus_noise(n, k, rng)
+    s_B = scipy.linalg.svdvals(B, check_finite=False)  # the reference for B's errors
     dev = torch.device(args.device)
-    At = torch.as_tensor(A, device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def svd_lr(r: tuple) -> tuple:
@@ -99,25 +117,35 @@ def main() -> None:
         w, V = (to_host(x) for x in r)
         return V * w, V.T
 
-    # name -> (table, function, factors to a low-rank product, the matrix it approximates)
-    methods: dict[str, tuple[str, Callable[[], tuple], Callable[[tuple], tuple], np.ndarray]] = {
-        "sl.rsvd (numpy)": ("rsvd", lambda: sl.rsvd(A, k, p, q, rng=1), svd_lr, A),
-        "sklearn randomized_svd (default: no normalizer)": (
-            "rsvd", lambda: randomized_svd(A, k, n_oversamples=p, n_iter=q, random_state=1),
-            svd_lr, A),
-        "sklearn randomized_svd (QR normalizer)": (
-            "rsvd", lambda: randomized_svd(A, k, n_oversamples=p, n_iter=q, random_state=1,
-                                           power_iteration_normalizer="QR"), svd_lr, A),
-        f"sl.rsvd (torch {dev.type})": ("rsvd", lambda: sl.rsvd(At, k, p, q, rng=1), svd_lr, A),
-        f"torch.svd_lowrank ({dev.type})": (
-            "rsvd", lambda: torch.svd_lowrank(At, q=k + p, niter=q),
-            lambda r: svd_lr((r[0], r[1], r[2].mT)), A),
-        "sl.nystrom (numpy)": ("nystrom", lambda: sl.nystrom(A_psd, k, p, rng=1), eig_lr, A_psd),
+    # name -> (table, function, factors to a low-rank product, the matrix, its spectrum)
+    Method = tuple[str, Callable[[], tuple], Callable[[tuple], tuple], np.ndarray, np.ndarray]
+    methods: dict[str, Method] = {}
+    tables = {"slow": ("sigma_j = 1/j", A, s),
+              "noise": (f"rank {k} (1 ... 1e-3) + 1e-6 noise", B, s_B)}
+    for key, (_, M, sM) in tables.items():
+        Mt = torch.as_tensor(M, device=dev)
+        methods.update({
+            f"sl.rsvd (numpy) [{key}]": (
+                key, lambda M=M: sl.rsvd(M, k, p, q, rng=1), svd_lr, M, sM),
+            f"sklearn randomized_svd (default: no normalizer) [{key}]": (
+                key, lambda M=M: randomized_svd(M, k, n_oversamples=p, n_iter=q, random_state=1),
+                svd_lr, M, sM),
+            f"sklearn randomized_svd (QR normalizer) [{key}]": (
+                key, lambda M=M: randomized_svd(M, k, n_oversamples=p, n_iter=q, random_state=1,
+                                                power_iteration_normalizer="QR"), svd_lr, M, sM),
+            f"sl.rsvd (torch {dev.type}) [{key}]": (
+                key, lambda Mt=Mt: sl.rsvd(Mt, k, p, q, rng=1), svd_lr, M, sM),
+            f"torch.svd_lowrank ({dev.type}) [{key}]": (
+                key, lambda Mt=Mt: torch.svd_lowrank(Mt, q=k + p, niter=q),
+                lambda r: svd_lr((r[0], r[1], r[2].mT)), M, sM),
+        })
+    methods.update({
+        "sl.nystrom (numpy)": ("nystrom", lambda: sl.nystrom(A_psd, k, p, rng=1), eig_lr, A_psd, s),
         "sl.eigh_randomized (numpy, q=2)": (
-            "nystrom", lambda: sl.eigh_randomized(A_psd, k, p, q, rng=1), eigh_lr, A_psd),
+            "nystrom", lambda: sl.eigh_randomized(A_psd, k, p, q, rng=1), eigh_lr, A_psd, s),
         "scipy eigsh (Lanczos)": (
-            "nystrom", lambda: scipy.sparse.linalg.eigsh(A_psd, k=k, rng=0), eigh_lr, A_psd),
-    }
+            "nystrom", lambda: scipy.sparse.linalg.eigsh(A_psd, k=k, rng=0), eigh_lr, A_psd, s),
+    })
     X = rng.standard_normal((n, k + p))
 
     def floor() -> None:  # the 2q + 2 passes over A that every method above makes
@@ -129,24 +157,34 @@ def main() -> None:
     fns = {name: m[1] for name, m in methods.items()}
     times = best_times({**fns, "floor": floor}, rounds, args.repeats, sync)
     load_after = os.getloadavg()[0]
-    errs = {name: errors(M, *to_lr(fn()), s, k) for name, (_, fn, to_lr, M) in methods.items()}
+    errs = {name: errors(M, *to_lr(fn()), sM, k)
+            for name, (_, fn, to_lr, M, sM) in methods.items()}
 
-    print(f"n = {n}, rank {k}, oversample {p}, power iterations {q}, float64, sigma_j = 1/j; "
-          f"best of {rounds} x {args.repeats}; torch threads {torch.get_num_threads()}; "
+    print(f"n = {n}, rank {k}, oversample {p}, power iterations {q}, float64; "
+          f"best of {rounds} x {args.repeats}, {PAUSE} s pause before each turn; "
+          f"torch threads {torch.get_num_threads()}; "
           f"load average {load_before:.1f} before, {load_after:.1f} after")
-    for table, ref in (("rsvd", "sl.rsvd (numpy)"), ("nystrom", "sl.nystrom (numpy)")):
-        print(f"\n{'method':50s} {'time [s]':>9s} {'ours/this':>9s} {'err2/opt':>9s} "
+    headers = {key: f"rsvd, {label}" for key, (label, *_) in tables.items()}
+    headers["nystrom"] = "nystrom, PSD with eigenvalues 1/j"
+    for table, title in headers.items():
+        ref = f"sl.rsvd (numpy) [{table}]" if table != "nystrom" else "sl.nystrom (numpy)"
+        print(f"\n{title}\n{'method':56s} {'time [s]':>9s} {'ours/this':>9s} {'err2/opt':>9s} "
               f"{'errF/opt':>9s}")
         for name, (t_name, *_) in methods.items():
             if t_name == table:
-                print(f"{name:50s} {times[name]:9.4f} {times[ref] / times[name]:9.2f} "
+                print(f"{name:56s} {times[name]:9.4f} {times[ref] / times[name]:9.2f} "
                       f"{errs[name][0]:9.4f} {errs[name][1]:9.4f}")
-        if table == "rsvd":
-            print(f"{'floor: 2q + 2 = ' + str(2 * q + 2) + ' products A @ X (numpy)':50s} "
+        if table == "slow":
+            print(f"{'floor: 2q + 2 = ' + str(2 * q + 2) + ' products A @ X (numpy)':56s} "
                   f"{times['floor']:9.4f} {times[ref] / times['floor']:9.2f}")
-    ours, peer = f"sl.rsvd (torch {dev.type})", f"torch.svd_lowrank ({dev.type})"
-    print(f"\nsl.rsvd on torch tensors / torch.svd_lowrank on the same tensors: "
-          f"{times[ours] / times[peer]:.2f}")
+    print("\ntargets: sl.rsvd <= 1.0x torch.svd_lowrank and <= 0.5x scikit-learn (default)")
+    for key in tables:
+        for ours in ("numpy", f"torch {dev.type}"):
+            t = times[f"sl.rsvd ({ours}) [{key}]"]
+            t_torch = times[f"torch.svd_lowrank ({dev.type}) [{key}]"]
+            t_skl = times[f"sklearn randomized_svd (default: no normalizer) [{key}]"]
+            print(f"  [{key}] sl.rsvd ({ours}): {t / t_torch:.2f}x torch.svd_lowrank, "
+                  f"{t / t_skl:.2f}x scikit-learn")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,20 @@ A: the memory-bandwidth floor) and to its peer, measured in the same run:
 - RowSampling: ``numpy.take``
 
 "apply" times a prebuilt operator (the random data drawn once); "build+apply" includes
-drawing it, as a peer that draws inside the call does. Run: ``python benchmarks/bench_sketch.py``
-(``--quick`` for a small smoke size, ``--backend torch --device cuda`` or ``--backend cupy``
-for GPU arrays; the peers stay NumPy/SciPy on the CPU, so GPU ratios say what moving buys).
+drawing it, as a peer that draws inside the call does. Every timing (the reads included) is
+the best of ``--repeats`` rounds in which all the functions take turns, each turn after a
+pause (the idle threads of the library that ran before spin for about 0.1 s and would steal
+the cores), so that a change of machine load hits every ratio alike. The load average is
+printed; figures are only meaningful when it is well below the number of cores. Run:
+``python benchmarks/bench_sketch.py`` (``--quick`` for a small smoke size, ``--backend torch
+--device cuda`` or ``--backend cupy`` for GPU arrays; the peers stay NumPy/SciPy on the CPU,
+so GPU ratios say what moving buys).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -29,17 +35,26 @@ import scipy.sparse
 
 import sketchlinalg as sl
 
+# Seconds of pause before each timed turn (OpenBLAS's idle threads spin ~0.1 s).
+PAUSE = 0.3
 
-def best_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+def best_times(fns: dict[str, Callable[[], object]], repeats: int,
+               sync: Callable[[], None]) -> dict[str, float]:
+    """Best wall time of each function over ``repeats`` rounds, the functions taking turns
+    (one untimed call each first); each turn starts with a pause."""
+    for fn in fns.values():
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            time.sleep(PAUSE)
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def dct_sketch(A: np.ndarray, d: int, rng: np.random.Generator) -> np.ndarray:
@@ -69,7 +84,6 @@ def run(m: int, n: int, d: int, repeats: int, backend: str, device: str) -> None
     ops = {k: sl.sketch(k, d, m, rng=1) for k in sl.KINDS}
     ops["sparse_sign"] = sl.SparseSign(d, m, nnz=8, rng=1)
 
-    read = best_time(lambda: X.sum(0), repeats, sync)
     peers: dict[str, tuple[str, Callable[[], object]]] = {
         "countsketch": ("scipy cwt", lambda: scipy.linalg.clarkson_woodruff_transform(A, d, rng=2)),
         "srht": ("scipy.fft DCT", lambda: dct_sketch(A, d, np.random.default_rng(2))),
@@ -77,43 +91,49 @@ def run(m: int, n: int, d: int, repeats: int, backend: str, device: str) -> None
                      lambda: np.random.default_rng(2).standard_normal((d, m)) @ A),
         "sampling": ("numpy take", lambda: np.take(A, ops["sampling"].rows, axis=0)),
     }
-    peer_t = {k: best_time(f, repeats, lambda: None) for k, (_, f) in peers.items()}
-    print(f"\ndense A: {m} x {n} float64 ({backend}/{device}), d = {d};"
-          f" one read = {read * 1e3:.2f} ms")
+    opts = {k: ({"nnz": 8} if k == "sparse_sign" else {}) for k in ops}
+    fns: dict[str, Callable[[], object]] = {"read": lambda: X.sum(0)}
+    for kind, S in ops.items():
+        fns[f"apply {kind}"] = lambda S=S: S @ X
+        fns[f"build+apply {kind}"] = lambda k=kind: sl.sketch(k, d, m, rng=3, **opts[k]) @ X
+    for kind, (_, f) in peers.items():
+        fns[f"peer {kind}"] = f
+    load = os.getloadavg()[0]
+    t = best_times(fns, repeats, sync)
+    read = t["read"]
+    print(f"\ndense A: {m} x {n} float64 ({backend}/{device}), d = {d}; one read = "
+          f"{read * 1e3:.2f} ms; best of {repeats} interleaved rounds, {PAUSE} s pauses; "
+          f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"{'family':<12} {'apply ms':>9} {'/read':>7} {'build+apply ms':>15} {'peer':<18}"
           f" {'peer ms':>9} {'apply/peer':>11} {'b+a/peer':>9}")
-    apply_t = {}
-    for kind, S in ops.items():
-        t = best_time(lambda S=S: S @ X, repeats, sync)
-        opts = {"nnz": 8} if kind == "sparse_sign" else {}
-        tb = best_time(lambda kind=kind, opts=opts: sl.sketch(kind, d, m, rng=3, **opts) @ X,
-                       max(1, repeats // 2), sync)
-        apply_t[kind] = t
+    for kind in ops:
+        ta, tb = t[f"apply {kind}"], t[f"build+apply {kind}"]
         if kind in peers:
-            pname, pt = peers[kind][0], peer_t[kind]
+            pname, pt = peers[kind][0], t[f"peer {kind}"]
         else:
-            pname, pt = "our countsketch", apply_t["countsketch"]
-        print(f"{kind:<12} {t * 1e3:9.2f} {t / read:7.2f} {tb * 1e3:15.2f} {pname:<18}"
-              f" {pt * 1e3:9.2f} {t / pt:11.2f} {tb / pt:9.2f}")
+            pname, pt = "our countsketch", t["apply countsketch"]
+        print(f"{kind:<12} {ta * 1e3:9.2f} {ta / read:7.2f} {tb * 1e3:15.2f} {pname:<18}"
+              f" {pt * 1e3:9.2f} {ta / pt:11.2f} {tb / pt:9.2f}")
 
     if backend != "numpy":
         return
-    read_sp = best_time(lambda: Asp.sum(axis=0), repeats, sync)
     sparse_peers = {
         "countsketch": lambda: scipy.linalg.clarkson_woodruff_transform(Asp, d, rng=2),
         "gaussian": lambda: (Asp.T @ np.random.default_rng(2).standard_normal((d, m)).T).T,
         "srht": lambda: dct_sketch(Asp.toarray(), d, np.random.default_rng(2)),
         "sampling": lambda: Asp[ops["sampling"].rows].toarray(),
     }
+    fns = {"read": lambda: Asp.sum(axis=0)}
+    fns.update({f"apply {kind}": (lambda S=S: S @ Asp) for kind, S in ops.items()})
+    fns.update({f"peer {kind}": f for kind, f in sparse_peers.items()})
+    t = best_times(fns, repeats, lambda: None)
+    read_sp = t["read"]
     print(f"\nsparse A: {m} x {n}, CSR, nnz = {Asp.nnz}; one read = {read_sp * 1e3:.2f} ms")
     print(f"{'family':<12} {'apply ms':>9} {'/read':>7} {'peer ms':>9} {'apply/peer':>11}")
-    sp_t = {}
-    for kind, S in ops.items():
-        t = best_time(lambda S=S: S @ Asp, repeats, sync)
-        sp_t[kind] = t
-        pt = (best_time(sparse_peers[kind], repeats, lambda: None) if kind in sparse_peers
-              else sp_t["countsketch"])
-        print(f"{kind:<12} {t * 1e3:9.2f} {t / read_sp:7.2f} {pt * 1e3:9.2f} {t / pt:11.2f}")
+    for kind in ops:
+        ta = t[f"apply {kind}"]
+        pt = t[f"peer {kind}"] if kind in sparse_peers else t["apply countsketch"]
+        print(f"{kind:<12} {ta * 1e3:9.2f} {ta / read_sp:7.2f} {pt * 1e3:9.2f} {ta / pt:11.2f}")
 
 
 def main() -> None:
