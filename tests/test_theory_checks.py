@@ -109,6 +109,24 @@ def test_linalg_woodbury_tolerance_edge(factor, passes):
         assert abs(row.values["err_ratio"] - factor) < 0.01, row.measured
 
 
+@pytest.mark.parametrize(("factor", "passes"), [(1.05, False), (0.95, True)])
+def test_linalg_conv_gram_tolerance_edge(factor, passes):
+    # Each Gram entry through the identity and explicitly is a sum of K products, K = T²(C k²
+    # + O) + T + O C k² over both computations (T output positions): rounding <= 2 γ_K times
+    # the entry's absolute term sum (Higham eq. 3.5). An error of e times that sum, with
+    # e = 1.05 or 0.95 times 2 γ_K computed here, lands just outside or inside (the actual
+    # rounding is ~1e-6 of the bound); a tolerance tripled lets 1.05 pass.
+    _, C, O, side, k = theory_checks.linalg.FULL["conv"]
+    T = (side - k + 1) ** 2
+    K = T * T * (C * k * k + O) + T + O * C * k * k
+    gamma = K * np.finfo(np.float64).eps / (1 - K * np.finfo(np.float64).eps)
+    params = {**LINALG_SKETCHES, "sketch_kinds": (), "conv_error": factor * 2 * gamma}
+    row = _row(run_check("linalg", Config(quick=True, params=params)),
+               "convolution Gram identity")
+    assert row.passed == passes, row.measured
+    assert abs(row.values["err_ratio"] - factor) < 0.01, row.measured
+
+
 class _Unsigned:
     """``|S|`` entrywise, a sketch whose every sign is +1, through the public products."""
 
