@@ -11,6 +11,7 @@ folder; ``torchrun`` workers through torchrun's environment (``WORLD_SIZE``, ``R
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import pickle
 import tempfile
@@ -150,8 +151,10 @@ def joined(world: World) -> Iterator[None]:
     dist.init_process_group(backend(world.device), timeout=TIMEOUT)
     try:
         yield
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    teardown()
 
 
 def replica(model: nn.Module, optimizer: str, world: World) -> nn.Module:
@@ -200,5 +203,19 @@ def _worker(rank: int, nproc: int, device_type: str, tmp: str, threads: int | No
         if rank == 0:
             with (Path(tmp) / "result.pkl").open("wb") as f:
                 pickle.dump(out, f)
+        del out
+        teardown()
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # a failed rank: the launcher ends the others
+            dist.destroy_process_group()
+
+
+def teardown() -> None:
+    """End this rank's part of a run that succeeded on every rank: wait until all ranks are
+    done (no rank closes its connections while a peer still uses them), free the objects
+    that hold the process group (DDP reducers, SENG's communicators, often in reference
+    cycles), then destroy it, so that nothing of gloo's is left to the interpreter's
+    shutdown."""
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
