@@ -72,26 +72,28 @@ def test_quick_writes_tables_plots_and_logs(quick):
 
 
 def test_quick_logs_every_run(quick):
-    """Each (problem, optimizer) has one seed-0 log per grid value and one log per reported
-    seed at the best value; every file on disk is referenced and vice versa."""
+    """Each (problem, optimizer) has one log per grid value and seed; the shown runs are the
+    best value's; every file on disk is referenced and vice versa."""
     out, results, _ = quick
     logs = _logs(out)
     referenced = []
+    seeds = list(range(QUICK["seeds"]))
     for pname, pr in results["problems"].items():
         for oname, row in pr["optimizers"].items():
-            assert len(row["tuning_runs"]) == len(row["grid"])
-            assert row["seeds"] == list(range(1, QUICK["seeds"] + 1))
-            assert len(row["runs"]) == QUICK["seeds"]
-            for f in row["tuning_runs"] + row["runs"]:
+            assert len(row["all_runs"]) == len(row["grid"]) * len(seeds)
+            assert sorted((logs[f]["lr"], logs[f]["seed"]) for f in row["all_runs"]) == sorted(
+                (lr, seed) for lr in row["grid"] for seed in seeds)
+            assert row["seeds"] == seeds
+            assert [(logs[f]["lr"], logs[f]["seed"]) for f in row["runs"]] == [
+                (row["best_lr"], seed) for seed in seeds]
+            for f in row["all_runs"]:
                 log = logs[f]
                 assert (log["problem"], log["optimizer"]) == (pname, oname)
                 assert log["status"] in ("complete", "diverged"), (f, log.get("error"))
                 assert log["epochs"][0]["epoch"] == 0
                 if log["status"] == "complete":
                     assert [r["epoch"] for r in log["epochs"]] == list(range(QUICK["epochs"] + 1))
-            assert {logs[f]["lr"] for f in row["runs"]} == {row["best_lr"]}
-            assert {logs[f]["lr"] for f in row["tuning_runs"]} == set(row["grid"])
-            referenced += row["tuning_runs"] + row["runs"]
+            referenced += row["all_runs"]
     assert sorted(referenced) == sorted(logs)
 
 
@@ -116,6 +118,7 @@ def test_quick_best_lr_inside_grid_or_flagged(quick):
             keys = {s["lr"]: tuple(math.inf if k is None else k for k in s["key"])
                     for s in row["sweep"]}
             assert keys[row["best_lr"]] == min(keys.values())
+            assert keys[row["best_lr"]][0] == row["mean_epochs_to_target"]
 
 
 def test_quick_epochs_to_target_match_the_logs(quick):
@@ -159,7 +162,7 @@ def test_missing_packages_are_reported_and_skipped(tmp_path, monkeypatch):
                         lambda s: "no_such_pkg is not installed" if s.name == "adam" else real(s))
     cfg = BenchConfig(out=tmp_path, problems=("mnist1d-mlp", "digits-autoencoder"),
                       optimizers=("sgd", "adam"), quick=True, progress=False,
-                      **{**QUICK, "seeds": 1, "epochs": 1, "max_extend": 0})
+                      **{**QUICK, "seeds": 1, "epochs": 1, "grid_points": 1, "max_extend": 0})
     results = run_benchmark(cfg)
     assert {"problem": "mnist1d-mlp", "reason": "needs no_such_pkg (pip install -e '.[bench]')"} \
         in results["skipped"]

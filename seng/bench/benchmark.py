@@ -1,10 +1,13 @@
-"""The whole study: tuning, the reported seeds, step timing, and the files it writes."""
+"""The whole study: the learning-rate grids over the seeds, step timing, and the files it
+writes."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import math
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -44,7 +47,8 @@ class BenchConfig:
         Names in :data:`seng.bench.problems.PROBLEMS` and :func:`all_optimizers`;
         ``optimizers`` None means :data:`DEFAULT_OPTIMIZERS` plus any further SENG variant.
     seeds : int
-        Reported seeds (1..seeds), each at the best learning rate; seed 0 tunes.
+        Seeds 0..seeds-1, run at every learning rate of the grid; the best learning rate has
+        the best mean over them, and its runs are the ones reported.
     batch_size : int
         Mini-batch size.
     epochs : int or None
@@ -71,7 +75,7 @@ class BenchConfig:
     epochs: int | None = None
     grid_points: int | None = None
     max_extend: int = 3
-    timing_rounds: int = 12
+    timing_rounds: int = 8
     workers: int = 2
     quick: bool = False
     progress: bool = True
@@ -104,7 +108,7 @@ QUICK = {"seeds": 2, "epochs": 2, "grid_points": 2, "max_extend": 1, "timing_rou
 
 def quick_config(out: Path, **overrides: Any) -> BenchConfig:
     """The ``--quick`` settings: quick data and targets, 2 epochs, 2 grid points, one
-    extension, 2 reported seeds, 1 timing round, in this process."""
+    extension, 2 seeds, 1 timing round, in this process."""
     return BenchConfig(out=Path(out), quick=True, **{**QUICK, **overrides})
 
 
@@ -133,6 +137,29 @@ def _versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def _seng_defaults() -> dict[str, str]:
+    """SENG's defaults in effect (a variant's options override them)."""
+    from seng import SENGPreconditioner
+
+    return {k: repr(v.default) for k, v in inspect.signature(SENGPreconditioner).parameters.items()
+            if v.default is not inspect.Parameter.empty}
+
+
+def _git_state() -> dict[str, Any] | None:
+    """The checkout's commit and the files of seng/ and sketchlinalg/ changed since, if git
+    and a repository are there (the study measures the working tree)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "seng", "sketchlinalg"],
+                               cwd=root, capture_output=True, text=True, timeout=10,
+                               check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head, "changed": [line[3:] for line in dirty]}
 
 
 def _say(msg: str) -> None:
@@ -177,6 +204,7 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         The content of ``results.json``.
     """
     t_start = time.perf_counter()
+    cpu_start = _cpu_seconds()
     load_start = machine_load()
     out = Path(cfg.out)
     skipped: list[dict[str, str]] = []
@@ -213,66 +241,61 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _study(cfg, out, problems, specs, data, epochs, skipped, t_start, load_start)
+        return _study(cfg, out, problems, specs, data, epochs, skipped, t_start, cpu_start,
+                      load_start)
     finally:
         torch.set_num_threads(threads)
 
 
 def _study(cfg: BenchConfig, out: Path, problems: list[Problem], specs: list[OptimizerSpec],
            data: dict[str, Data], epochs: dict[str, int], skipped: list[dict[str, str]],
-           t_start: float, load_start: list[float] | None) -> dict[str, Any]:
+           t_start: float, cpu_start: float, load_start: list[float] | None) -> dict[str, Any]:
     from .report import write_report
 
-    # per (problem, optimizer): the tuning grid and its seed-0 logs
+    # per (problem, optimizer): the grid and, per learning rate, the logs of every seed
     grids = {(p.name, s.name): _initial_grid(s, cfg.grid_points) for p in problems for s in specs}
     extended: dict[tuple[str, str], list[float]] = {key: [] for key in grids}
-    tuning: dict[tuple[str, str], dict[float, dict[str, Any]]] = {key: {} for key in grids}
-    reported: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in grids}
+    logs: dict[tuple[str, str], dict[float, list[dict[str, Any]]]] = {key: {} for key in grids}
     settled: dict[tuple[str, str], float] = {}
     spec_of = {s.name: s for s in specs}
     problem_of = {p.name: p for p in problems}
+    seeds = range(cfg.seeds)
 
-    def job(pname: str, oname: str, lr: float, seed: int) -> Job:
-        return (pname, spec_of[oname], lr, seed, epochs[pname], cfg.batch_size)
+    def jobs_for(key: tuple[str, str], lr: float) -> list[Job]:
+        return [(key[0], spec_of[key[1]], lr, seed, epochs[key[0]], cfg.batch_size)
+                for seed in seeds]
 
     def store(log: dict[str, Any]) -> None:
         key = (log["problem"], log["optimizer"])
-        path = out / "runs" / key[0] / key[1] / f"lr{log['lr']:g}_seed{log['seed']}.json"
+        path = out / "runs" / key[0] / key[1] / f"lr{log['lr']:.4g}_seed{log['seed']}.json"
         log["file"] = str(path.relative_to(out))
         write_json(path, log)
-        if log["seed"] == 0 and key not in settled:
-            tuning[key][log["lr"]] = log
-        else:
-            reported[key].append(log)
+        logs[key].setdefault(log["lr"], []).append(log)
         bar.done(f"{key[0]} {key[1]} lr={log['lr']:.3g} seed={log['seed']} {log['status']}")
 
     bar = _Progress(cfg.progress, "seng.bench runs")
     runner = Runner(data, cfg.workers)
     try:
-        jobs = [job(p, o, lr, 0) for (p, o), lrs in grids.items() for lr in lrs]
-        while jobs:
+        jobs = [j for key, lrs in grids.items() for lr in lrs for j in jobs_for(key, lr)]
+        while jobs:  # rounds: the grids, then one extension per unsettled optimizer
             bar.add(len(jobs))
             runner.map(jobs, store)
             jobs = []
-            for key, logs in tuning.items():
+            for key, by_lr in logs.items():
                 if key in settled:
                     continue
-                pname, oname = key
-                problem = problem_of[pname]
-                summaries = [summarize_lr(problem, [logs[lr]], epochs[pname])
-                             for lr in sorted(logs)]
-                best = best_lr(problem, summaries)["lr"]
-                lrs = sorted(logs)
-                edge = lrs.index(best) in (0, len(lrs) - 1) and len(lrs) > 1
+                problem = problem_of[key[0]]
+                lrs = sorted(by_lr)
+                best = best_lr(problem, [summarize_lr(problem, by_lr[lr], epochs[key[0]])
+                                         for lr in lrs])["lr"]
+                edge = len(lrs) > 1 and lrs.index(best) in (0, len(lrs) - 1)
                 if edge and len(extended[key]) < cfg.max_extend:
-                    ratio = grid_ratio(sorted(grids[key]))
+                    ratio = grid_ratio(grids[key])
                     new = lrs[0] / ratio if best == lrs[0] else lrs[-1] * ratio
-                    new = float(f"{new:.4g}")
                     extended[key].append(new)
-                    jobs.append(job(pname, oname, new, 0))
+                    jobs += jobs_for(key, new)
                 else:
                     settled[key] = best
-                    jobs += [job(pname, oname, best, seed) for seed in range(1, cfg.seeds + 1)]
     finally:
         runner.close()
         bar.close()
@@ -293,9 +316,12 @@ def _study(cfg: BenchConfig, out: Path, problems: list[Problem], specs: list[Opt
         "config": {**{k: v for k, v in asdict(cfg).items() if k != "out"},
                    "epochs_per_problem": epochs},
         "environment": {**_versions(), "platform": platform.platform(),
+                        "git": _git_state(), "seng_defaults": _seng_defaults(),
                         "cpu_count": _cpu_count(), "torch_threads": 1,
                         "load_average_start": load_start, "load_average_end": machine_load()},
-        "wall_time": {"runs": t_runs, "total": t_total},
+        # CPU seconds of this process and its workers: divided by the cores, the wall time
+        # the study would take on an idle machine
+        "wall_time": {"runs": t_runs, "total": t_total, "cpu": _cpu_seconds() - cpu_start},
         "skipped": skipped,
         "optimizers": {s.name: {"kind": s.kind, "options": s.options, "note": s.note,
                                 "initial_grid": _initial_grid(s, cfg.grid_points)}
@@ -304,16 +330,26 @@ def _study(cfg: BenchConfig, out: Path, problems: list[Problem], specs: list[Opt
     }
     for p in problems:
         results["problems"][p.name] = _problem_results(
-            p, specs, epochs[p.name], len(data[p.name].y_train) // cfg.batch_size, tuning,
-            reported, extended, settled, timing[p.name])
+            p, specs, epochs[p.name], len(data[p.name].y_train) // cfg.batch_size, logs,
+            extended, settled, timing[p.name])
     write_json(out / "results.json", results)
     write_report(out, results)
-    failed = [log["file"] for logs in (*tuning.values(), *reported.values())
-              for log in (logs.values() if isinstance(logs, dict) else logs)
-              if log["status"] == "failed"]
+    failed = [log["file"] for by_lr in logs.values() for runs in by_lr.values()
+              for log in runs if log["status"] == "failed"]
     if failed:
         _say(f"seng.bench: {len(failed)} run(s) failed (see their logs): {failed[:5]}")
     return results
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its ended children (the workers)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return math.nan
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _cpu_count() -> int | None:
@@ -322,27 +358,28 @@ def _cpu_count() -> int | None:
 
 
 def _problem_results(p: Problem, specs: list[OptimizerSpec], epochs: int, steps_per_epoch: int,
-                     tuning: dict, reported: dict, extended: dict, settled: dict,
+                     logs: dict, extended: dict, settled: dict,
                      timing: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rows = {}
     sgd_time = timing.get("sgd", {}).get("step_time", math.nan)
     for s in specs:
         key = (p.name, s.name)
-        lrs = sorted(tuning[key])
-        sweep = [summarize_lr(p, [tuning[key][lr]], epochs) for lr in lrs]
+        by_lr = {lr: sorted(runs, key=lambda log: log["seed"]) for lr, runs in logs[key].items()}
+        lrs = sorted(by_lr)
+        sweep = {lr: summarize_lr(p, by_lr[lr], epochs) for lr in lrs}
         best = settled[key]
-        logs = sorted(reported[key], key=lambda log: log["seed"])
-        summary = summarize_lr(p, logs, epochs)
+        summary = sweep[best]
         step = timing[s.name]["step_time"]
         edge = len(lrs) > 1 and lrs.index(best) in (0, len(lrs) - 1)
         rows[s.name] = {
             "best_lr": best, "grid": lrs, "extended": extended[key],
             "best_at_edge": edge,
             "edge_side": ("low" if best == lrs[0] else "high") if edge else None,
-            "sweep": [{"lr": sw["lr"], "epochs_to_target": sw["epochs_to_target"][0],
+            "sweep": [{"lr": lr, "epochs_to_target": sw["epochs_to_target"],
+                       "mean_epochs_to_target": sw["mean_epochs"],
                        "final_target_metric": sw["final"].get(p.target_metric, {}).get("mean"),
-                       "status": sw["statuses"][0], "key": list(selection_key(p, sw))}
-                      for sw in sweep],
+                       "statuses": sw["statuses"], "key": list(selection_key(p, sw))}
+                      for lr, sw in sweep.items()],
             "seeds": summary["seeds"],
             "epochs_to_target": summary["epochs_to_target"],
             "reached": summary["reached"],
@@ -355,8 +392,8 @@ def _problem_results(p: Problem, specs: list[OptimizerSpec], epochs: int, steps_
             "time_to_target": summary["mean_epochs"] * steps_per_epoch * step,
             "final": summary["final"],
             "statuses": summary["statuses"],
-            "runs": [log["file"] for log in logs],
-            "tuning_runs": [tuning[key][lr]["file"] for lr in lrs],
+            "runs": [log["file"] for log in by_lr[best]],
+            "all_runs": [log["file"] for lr in lrs for log in by_lr[lr]],
             **({"timing_error": timing[s.name]["error"]} if "error" in timing[s.name] else {}),
         }
     return {"description": p.description, "kind": p.kind, "target_metric": p.target_metric,

@@ -30,7 +30,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated (default all: {','.join(PROBLEMS)})")
     p.add_argument("--optimizers", type=_names, default=None,
                    help=f"comma-separated (default all: {','.join(all_optimizers())})")
-    p.add_argument("--seeds", type=int, default=None, help="reported seeds (default 3)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds run at every learning rate (default 3)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of every run (default: each problem's own)")
     p.add_argument("--grid-points", type=int, default=None,
@@ -38,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-extend", type=int, default=None,
                    help="grid extensions allowed per optimizer (default 3)")
     p.add_argument("--timing-rounds", type=int, default=None,
-                   help="rounds of interleaved step timing (default 15)")
+                   help="rounds of interleaved step timing (default 8)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes for the training runs (default 2; step timing always "
                         "runs alone in the main process)")

@@ -50,8 +50,9 @@ KFAC_INTERVAL = 10
 
 
 def half_decades(lo: int, hi: int) -> tuple[float, ...]:
-    """The grid ``10**(k/2)`` for ``k = lo..hi``: log-spaced, a factor sqrt(10) apart."""
-    return tuple(float(f"{10 ** (k / 2):.4g}") for k in range(lo, hi + 1))
+    """The grid ``10**(k/2)`` for ``k = lo..hi``: log-spaced, a factor sqrt(10) apart (exact
+    values: rounded ones would make the spacing, and so the grid's extensions, drift)."""
+    return tuple(10 ** (k / 2) for k in range(lo, hi + 1))
 
 
 @dataclass(frozen=True)

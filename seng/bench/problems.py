@@ -216,7 +216,7 @@ PROBLEMS: dict[str, Problem] = {
         requires=("mnist1d",)),
     "digits-autoencoder": Problem(
         "digits-autoencoder", "digits, autoencoder 64-256-128-32-128-256-64 (107k parameters)",
-        "reconstruction", "train_loss", 0.02, epochs=30, quick_target=0.075,
+        "reconstruction", "train_loss", 0.02, epochs=20, quick_target=0.075,
         load=load_digits_pixels, build=deep_autoencoder, loss=per_sample_mse),
 }
 

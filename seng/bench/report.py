@@ -54,10 +54,12 @@ def markdown(results: dict[str, Any]) -> str:
     seeds = cfg["seeds"]
     lines = ["# seng.bench results", ""]
     lines.append(
-        f"Batch {cfg['batch_size']}, constant learning rate, seed 0 tunes the learning rate on "
-        f"a log grid (extended at an edge, at most {cfg['max_extend']} times), seeds 1-{seeds} "
-        "are reported at the best one (same initial weights and batch order per seed for every "
-        "optimizer). Epochs to target: mean ± std over the reported seeds; a seed that never "
+        f"Batch {cfg['batch_size']}, constant learning rate, {seeds} seeds (same initial "
+        "weights and batch order per seed for every optimizer) at every value of a log-spaced "
+        f"learning-rate grid, extended at an edge (at most {cfg['max_extend']} times); the "
+        "best value has the fewest mean epochs to target (ties: the best mean final target "
+        "metric), and its runs are the ones shown. Epochs to target: mean ± std over the "
+        "seeds; a seed that never "
         "reached the target counts as epochs + 1 (shown as ≥ with the count that reached it). "
         "Wall-clock to target = epochs to target × steps per epoch × step time, the step time "
         "measured interleaved in one process (median of blocks of whole curvature cycles); "
@@ -69,7 +71,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{env.get('cpu_count')} CPUs, 1 torch thread per run, {cfg['workers']} worker "
         f"process(es); load average (1, 5, 15 min) {load[0]} at the start, {load[1]} at the "
         f"end; wall time {results['wall_time']['runs']:.0f} s of runs, "
-        f"{results['wall_time']['total']:.0f} s in all"
+        f"{results['wall_time']['total']:.0f} s in all, "
+        f"{results['wall_time'].get('cpu', math.nan):.0f} CPU seconds"
         + (" (quick smoke settings: not a measurement)." if cfg.get("quick") else "."))
     lines.append("")
     for s in results["skipped"]:
@@ -90,12 +93,9 @@ def markdown(results: dict[str, Any]) -> str:
             row = pr["optimizers"][o]
             cells.append(f"{format_epochs(row, pr['epochs'])} ({_time_cell(row, pr['epochs'])})")
         lines.append(f"| {pname} ({_target_text(pr)}) | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("| step time / SGD | " + " | ".join(
+    lines.append(f"| step time / SGD ({', '.join(problems)}) | " + " | ".join(
         ", ".join(f"{pr['optimizers'][o]['step_time_ratio_sgd']:.2f}" for pr in problems.values())
         for o in names) + " |")
-    lines.append("")
-    lines.append(f"(step time / SGD per problem in the order {', '.join(problems)}.)")
     lines.append("")
 
     for pname, pr in problems.items():
@@ -156,7 +156,7 @@ def _num(v: Any) -> float:
 
 def plot_curves(out: Path, pname: str, pr: dict[str, Any]) -> Path:
     """Training loss and the second metric (test accuracy, or test loss) against epochs and
-    against wall-clock, mean over the reported seeds with their min-max band, at each
+    against wall-clock, mean over the seeds with their min-max band, at each
     optimizer's best learning rate."""
     import matplotlib
     matplotlib.use("Agg")
@@ -198,8 +198,8 @@ def plot_curves(out: Path, pname: str, pr: dict[str, Any]) -> Path:
 
 
 def plot_lr_sweep(out: Path, pname: str, pr: dict[str, Any]) -> Path:
-    """Seed 0's epochs to target and final target metric against the learning rate, per
-    optimizer, the chosen value circled."""
+    """Mean epochs to target (a missed seed counting as epochs + 1) and mean final target
+    metric against the learning rate, per optimizer, the chosen value circled."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -208,15 +208,15 @@ def plot_lr_sweep(out: Path, pname: str, pr: dict[str, Any]) -> Path:
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88, wspace=0.22)
     for name, row in pr["optimizers"].items():
         lrs = [s["lr"] for s in row["sweep"]]
-        ep = [s["key"][0] for s in row["sweep"]]
+        ep = [s["mean_epochs_to_target"] for s in row["sweep"]]
         fin = [_num(s["final_target_metric"]) for s in row["sweep"]]
         (line,) = axes[0].plot(lrs, ep, marker="o", label=name, ls=_style(name))
         axes[1].plot(lrs, fin, marker="o", color=line.get_color(), ls=_style(name))
         i = lrs.index(row["best_lr"])
         axes[0].plot([lrs[i]], [ep[i]], "o", ms=12, mfc="none", color=line.get_color())
         axes[1].plot([lrs[i]], [fin[i]], "o", ms=12, mfc="none", color=line.get_color())
-    axes[0].set_ylabel(f"epochs to target (seed 0; {pr['epochs'] + 1} = not reached)")
-    axes[1].set_ylabel(f"final {_METRIC_LABEL[pr['target_metric']]} (seed 0)")
+    axes[0].set_ylabel(f"mean epochs to target ({pr['epochs'] + 1} = not reached)")
+    axes[1].set_ylabel(f"mean final {_METRIC_LABEL[pr['target_metric']]}")
     if pr["target_metric"].endswith("loss"):
         axes[1].set_yscale("log")
     axes[1].axhline(pr["target"], color="k", lw=0.8, ls="--")
