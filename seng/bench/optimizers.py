@@ -73,6 +73,10 @@ SENG_VARIANTS: dict[str, SENGVariant] = {
     "seng-uf1": SENGVariant({"update_freq": 1}, note="curvature every step"),
     "seng-sketch": SENGVariant({"sketch": "countsketch", "sketch_size": 1024},
                                note="CountSketch, 1024 coordinates per layer (s = 32)"),
+    "seng-rel": SENGVariant({"damping_rule": "relative"},
+                            note="relative damping 1 (per layer, times tr(U^T U)/N)"),
+    "seng-rel-lm": SENGVariant({"damping_rule": "relative", "adaptive_damping": True},
+                               note="relative damping from 1, Levenberg-Marquardt every 5 steps"),
 }
 
 #: SENG's learning-rate grid unless a variant gives its own.
@@ -164,6 +168,8 @@ class Stepper:
         self.optimizers = optimizers
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if any(getattr(opt, "adaptive_damping", False) for opt in self.optimizers):
+            return self._closure_step(x, y)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss = self.loss(self.model(x), y)
@@ -175,6 +181,18 @@ class Stepper:
 
     def _before_update(self) -> None:
         pass
+
+    def _closure_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """SENG with adaptive damping evaluates the loss again after its update."""
+        (opt,) = self.optimizers
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = self.loss(self.model(x), y)
+            loss.backward()
+            return loss
+
+        return opt.step(closure).detach()
 
 
 class _MuonStepper(Stepper):
