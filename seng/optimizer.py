@@ -58,7 +58,8 @@ class SENG(torch.optim.Optimizer):
         closure's loss, ``F = U U^T`` per layer) multiplies the damping by
         ``omega = (19/20)^adapt_interval`` when ``rho > 3/4`` and divides it by ``omega``
         when ``rho < 1/4``. Needs ``step(closure)``, which it calls once more after the
-        update (with the curvature capture off). Default False.
+        update (with the curvature capture off), and the absolute damping rule (under the
+        relative one a smaller damping shortens the step). Default False.
     adapt_interval : int
         Steps between damping adaptations. Default 5.
     **preconditioner_options
@@ -99,6 +100,11 @@ class SENG(torch.optim.Optimizer):
         if adaptive_damping and callable(damping):
             raise ValueError("adaptive_damping=True adapts a number: give damping as a float, "
                              "not a schedule")
+        if adaptive_damping and preconditioner_options.get("damping_rule") == "relative":
+            # There a smaller damping shrinks the step along the curvature (the direction
+            # is the identity off span(U)): the opposite of the trust region the rule needs.
+            raise ValueError("adaptive_damping=True needs damping_rule='absolute': under the "
+                             "relative rule a smaller damping does not lengthen the step")
         if adaptive_damping and self._preconditioner_type is not SENGPreconditioner:
             raise ValueError("adaptive_damping is not available with seng.distributed yet")
         self.adaptive_damping = adaptive_damping

@@ -75,8 +75,8 @@ SENG_VARIANTS: dict[str, SENGVariant] = {
                                note="CountSketch, 1024 coordinates per layer (s = 32)"),
     "seng-rel": SENGVariant({"damping_rule": "relative"},
                             note="relative damping 1 (per layer, times tr(U^T U)/N)"),
-    "seng-rel-lm": SENGVariant({"damping_rule": "relative", "adaptive_damping": True},
-                               note="relative damping from 1, Levenberg-Marquardt every 5 steps"),
+    "seng-lm": SENGVariant({"adaptive_damping": True},
+                           note="damping from 1, Levenberg-Marquardt every 5 steps"),
 }
 
 #: SENG's learning-rate grid unless a variant gives its own.
