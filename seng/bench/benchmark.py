@@ -59,6 +59,8 @@ class BenchConfig:
         Grid extensions allowed per (problem, optimizer).
     timing_rounds : int
         Rounds of interleaved step timing.
+    timing_warmup : bool
+        One untimed block per optimizer before the timed rounds.
     workers : int
         Processes for the training runs (1: in this process).
     quick : bool
@@ -76,6 +78,7 @@ class BenchConfig:
     grid_points: int | None = None
     max_extend: int = 3
     timing_rounds: int = 8
+    timing_warmup: bool = True
     workers: int = 2
     quick: bool = False
     progress: bool = True
@@ -89,6 +92,9 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"Invalid {name}: {value!r} (must be None or an int >= 1)")
+        for name in ("quick", "progress", "timing_warmup"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
         if not isinstance(self.max_extend, int) or self.max_extend < 0:
             raise ValueError(f"Invalid max_extend: {self.max_extend!r} (must be an int >= 0)")
         unknown = [p for p in self.problems if p not in PROBLEMS]
@@ -103,12 +109,12 @@ class BenchConfig:
 
 
 QUICK = {"seeds": 2, "epochs": 2, "grid_points": 2, "max_extend": 1, "timing_rounds": 1,
-         "workers": 1}
+         "timing_warmup": False, "workers": 1}
 
 
 def quick_config(out: Path, **overrides: Any) -> BenchConfig:
     """The ``--quick`` settings: quick data and targets, 2 epochs, 2 grid points, one
-    extension, 2 seeds, 1 timing round, in this process."""
+    extension, 2 seeds, 1 timing round without warm-up, in this process."""
     return BenchConfig(out=Path(out), quick=True, **{**QUICK, **overrides})
 
 
@@ -205,7 +211,10 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     """
     t_start = time.perf_counter()
     cpu_start = _cpu_seconds()
-    load_start = machine_load()
+    # the code measured is the one imported now: record its state before others change it
+    environment = {**_versions(), "platform": platform.platform(), "git": _git_state(),
+                   "seng_defaults": _seng_defaults(), "cpu_count": _cpu_count(),
+                   "torch_threads": 1, "load_average_start": machine_load()}
     out = Path(cfg.out)
     skipped: list[dict[str, str]] = []
     problems: list[Problem] = []
@@ -242,14 +251,14 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     torch.set_num_threads(1)
     try:
         return _study(cfg, out, problems, specs, data, epochs, skipped, t_start, cpu_start,
-                      load_start)
+                      environment)
     finally:
         torch.set_num_threads(threads)
 
 
 def _study(cfg: BenchConfig, out: Path, problems: list[Problem], specs: list[OptimizerSpec],
            data: dict[str, Data], epochs: dict[str, int], skipped: list[dict[str, str]],
-           t_start: float, cpu_start: float, load_start: list[float] | None) -> dict[str, Any]:
+           t_start: float, cpu_start: float, environment: dict[str, Any]) -> dict[str, Any]:
     from .report import write_report
 
     # per (problem, optimizer): the grid and, per learning rate, the logs of every seed
@@ -307,7 +316,8 @@ def _study(cfg: BenchConfig, out: Path, problems: list[Problem], specs: list[Opt
     tbar.add(len(problems))
     for p in problems:
         at_best = {s.name: (s, settled[(p.name, s.name)]) for s in specs}
-        timing[p.name] = time_steps(p, data[p.name], at_best, cfg.batch_size, cfg.timing_rounds)
+        timing[p.name] = time_steps(p, data[p.name], at_best, cfg.batch_size, cfg.timing_rounds,
+                                    warmup=cfg.timing_warmup)
         tbar.done(p.name)
     tbar.close()
     t_total = time.perf_counter() - t_start
@@ -315,10 +325,7 @@ def _study(cfg: BenchConfig, out: Path, problems: list[Problem], specs: list[Opt
     results: dict[str, Any] = {
         "config": {**{k: v for k, v in asdict(cfg).items() if k != "out"},
                    "epochs_per_problem": epochs},
-        "environment": {**_versions(), "platform": platform.platform(),
-                        "git": _git_state(), "seng_defaults": _seng_defaults(),
-                        "cpu_count": _cpu_count(), "torch_threads": 1,
-                        "load_average_start": load_start, "load_average_end": machine_load()},
+        "environment": {**environment, "load_average_end": machine_load()},
         # CPU seconds of this process and its workers: divided by the cores, the wall time
         # the study would take on an idle machine
         "wall_time": {"runs": t_runs, "total": t_total, "cpu": _cpu_seconds() - cpu_start},

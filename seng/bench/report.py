@@ -185,7 +185,7 @@ def plot_curves(out: Path, pname: str, pr: dict[str, Any]) -> Path:
             ax.set_xlabel(xlabel)
             ax.set_ylabel(_METRIC_LABEL[metric])
             if metric.endswith("loss"):
-                ax.set_yscale("log")
+                _log_axis(ax, "y")
             if metric == pr["target_metric"]:
                 ax.axhline(pr["target"], color="k", lw=0.8, ls="--")
             ax.grid(alpha=0.3)
@@ -218,10 +218,10 @@ def plot_lr_sweep(out: Path, pname: str, pr: dict[str, Any]) -> Path:
     axes[0].set_ylabel(f"mean epochs to target ({pr['epochs'] + 1} = not reached)")
     axes[1].set_ylabel(f"mean final {_METRIC_LABEL[pr['target_metric']]}")
     if pr["target_metric"].endswith("loss"):
-        axes[1].set_yscale("log")
+        _log_axis(axes[1], "y")
     axes[1].axhline(pr["target"], color="k", lw=0.8, ls="--")
     for ax in axes:
-        ax.set_xscale("log")
+        _log_axis(ax, "x")
         ax.set_xlabel("learning rate")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -230,6 +230,17 @@ def plot_lr_sweep(out: Path, pname: str, pr: dict[str, Any]) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
     return path
+
+
+def _log_axis(ax: Any, which: str) -> None:
+    """A log scale with plain tick labels (matplotlib's default typesets each as math, which
+    takes most of the time of drawing these figures)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    getattr(ax, f"set_{which}scale")("log")
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _style(name: str) -> str:

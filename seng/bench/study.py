@@ -242,13 +242,15 @@ def _job_cost(job: Job) -> float:
 
 # -- step timing -------------------------------------------------------------------------------
 def time_steps(problem: Problem, data: Data, specs: dict[str, tuple[OptimizerSpec, float]],
-               batch_size: int, rounds: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+               batch_size: int, rounds: int, seed: int = 0,
+               warmup: bool = True) -> dict[str, dict[str, Any]]:
     """Seconds per training step of each optimizer, measured interleaved in this process.
 
     Each optimizer trains its own copy of the model (seed ``seed``) at its learning rate on
     the seed's batches. One block is a whole number of every optimizer's curvature cycles (the
     least common multiple), so a block holds the same share of curvature steps as training.
-    After one untimed block each, ``rounds`` rounds give every optimizer one block in turn,
+    After one untimed block each (unless ``warmup`` is False: a smoke run's figures mean
+    nothing anyway), ``rounds`` rounds give every optimizer one block in turn,
     the order rotated each round. The step time is the median over the blocks (robust to a
     burst of load from elsewhere); ``blocks`` keeps every block's time per step.
     """
@@ -275,7 +277,7 @@ def time_steps(problem: Problem, data: Data, specs: dict[str, tuple[OptimizerSpe
 
         times: dict[str, list[float]] = {name: [] for name in names}
         failed: dict[str, str] = {}
-        for name in names:  # untimed: first-call allocations, lazy imports
+        for name in names if warmup else ():  # untimed: first-call allocations, lazy imports
             try:
                 run_block(name)
             except Exception as e:
