@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import math
+import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -360,7 +362,6 @@ def _cpu_seconds() -> float:
 
 
 def _cpu_count() -> int | None:
-    import os
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -409,7 +410,6 @@ def _problem_results(p: Problem, specs: list[OptimizerSpec], epochs: int, steps_
 
 
 def _std(values: list[float]) -> float:
-    import statistics
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
