@@ -70,18 +70,18 @@ def test_ill_conditioned_sketch_orthonormal_to_working_precision(backend, dtype,
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_well_conditioned_sample_costs_passes_plain_cholesky_qrs(backend, dtype, monkeypatch):
-    # A well-conditioned sample costs CholQR2's two Gram + Cholesky + solve passes, no more;
+    # A well-conditioned sample costs CholQR2's two Gram + Cholesky + GEMM passes, no more;
     # passes=1 stops after one (orthogonality ~ u cond^2, at most 1e-2 by the gate).
     X, _ = sample(backend, 10.0, dtype, rng=1)
     xp = array_api_compat.array_namespace(X)
     solves = []
-    original = rf._right_solve_transposed
+    original = rf._times_inverse_transpose
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         solves.append(1)
-        return original(*args)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(rf, "_right_solve_transposed", counting)
+    monkeypatch.setattr(rf, "_times_inverse_transpose", counting)
     for passes in (1, 2):
         solves.clear()
         Z, _ = rf.orthonormalize(xp, X, passes=passes)

@@ -295,6 +295,9 @@ def basis(M: Matrix, l: int, q: int, kind: str, gen: Any) -> Any:
 # orthogonality u cond(Y)^2 <= this; measured losses are 0.1-2 u cond^2 (m x n = 3000 x 60,
 # 300 x 12, 1e5 x 20, float32 and float64), so the next pass sees cond <= 1.02.
 _PLAIN_MAX_LOSS = 1e-2
+# A pass applies L^{-T} as a GEMM with the inverse and refines it once when cond(L) exceeds
+# this: the GEMM's residual, measured at 2-60 u ||Y|| for cond 1e1-1e6, is then ~1.5 u ||Y||.
+_REFINE_ABOVE = 1e3
 # Cholesky QR passes (shifted ones included) before Householder QR takes over: a shifted pass
 # divides cond by about (u (m + n^2))^(-1/2), so 8 reach cond ~ 1 from any float64 sample.
 _MAX_PASSES = 8
@@ -310,10 +313,14 @@ def orthonormalize(xp: Any, Y: Any, passes: int = 1) -> tuple[Any, Any]:
     ``range(Y)``, ``C`` upper triangular ``l x l``.
 
     Cholesky QR (CholQR): :math:`Y^T Y = R^T R`, :math:`Z = Y R^{-1}` (a Gram, an
-    :math:`\ell \times \ell` Cholesky and a triangular solve: GEMM speed, where Householder
-    QR of a tall thin matrix is panel-bound and several times slower on CPU and GPU). The
-    solve is backward stable row by row, so :math:`\|Y - ZR\| = O(u)\|Y\|` whenever
-    :math:`\|Z\| = O(1)` and the span is kept to :math:`O(u\,\kappa(Y))`; the orthogonality
+    :math:`\ell \times \ell` Cholesky and inverse, and a GEMM: GEMM speed, where Householder
+    QR of a tall thin matrix is panel-bound and several times slower on CPU and GPU, and
+    where a triangular solve on NumPy would run in SciPy's BLAS, whose idle threads then
+    compete with NumPy's for the cores). The product with :math:`R^{-1}` gets one step of
+    iterative refinement, :math:`Z \leftarrow Z + (Y - ZR) R^{-1}`, when
+    :math:`\kappa(R) > 10^3`, which leaves the residual of a backward-stable triangular solve,
+    :math:`\|Y - ZR\| = O(u)\|Y\| + O(u\,\kappa(R))^2\|Y\|` (measured: under
+    :math:`2u\|Y\|`), so the span is kept to :math:`O(u\,\kappa(Y))`; the orthogonality
     of ``Z`` is lost to about :math:`u\,\kappa(Y)^2` (Yamamoto, Nakatsukasa, Yanagisawa and
     Fukaya 2015), which a second pass on ``Z`` (:math:`\kappa \approx 1`) brings to
     :math:`O(u)`: CholQR2. The eigenvalues of each Gram decide the pass:
@@ -347,41 +354,46 @@ def orthonormalize(xp: Any, Y: Any, passes: int = 1) -> tuple[Any, Any]:
         G = Z.T @ Z
         # After a plain pass cond(Z) <= 1.02: no need to look at the spectrum again.
         L = _backend.cholesky(G) if plain else None
-        shifted = False
+        cond, shifted = 1.0, False
         if L is None:
             lam = xp.linalg.eigvalsh(G)
             lo, hi = float(lam[0]), float(lam[-1])
             if not (math.isfinite(hi) and float(xp.min(xp.linalg.diagonal(G))) > 0):
                 break  # a zero column (no shift fills it) or a non-finite Y
             if u * hi <= _PLAIN_MAX_LOSS * lo:
-                L = _backend.cholesky(G)
+                L, cond = _backend.cholesky(G), math.sqrt(hi / lo)
             if L is None:
-                L = _shifted_cholesky(xp, G, u * (m + n * (n + 1)) * hi)
+                L, shift = _shifted_cholesky(xp, G, u * (m + n * (n + 1)) * hi)
                 if L is None:
                     break
-                shifted = True
+                cond, shifted = math.sqrt((hi + shift) / (max(lo, 0.0) + shift)), True
         plain += not shifted
-        Z = _right_solve_transposed(xp, Z, L)
+        Z = _times_inverse_transpose(xp, Z, L, refine=cond > _REFINE_ABOVE)
         C = L.T if C is None else L.T @ C
         if plain == passes:
             return Z, C
     return _backend.qr(Y)
 
 
-def _shifted_cholesky(xp: Any, G: Any, shift: float) -> Any:
-    """Lower Cholesky factor of ``G + s I`` with ``s = shift`` or, failing that,
-    ``100 shift``; None when both fail."""
+def _shifted_cholesky(xp: Any, G: Any, shift: float) -> tuple[Any, float]:
+    """``(L, s)``: the lower Cholesky factor of ``G + s I`` with ``s = shift`` or, failing
+    that, ``100 shift``; ``L`` is None when both fail."""
     eye = xp.eye(G.shape[0], dtype=G.dtype, device=array_api_compat.device(G))
     for s in (shift, 100.0 * shift):
         L = _backend.cholesky(G + s * eye)
         if L is not None:
-            return L
-    return None
+            break
+    return L, s
 
 
-def _right_solve_transposed(xp: Any, Z: Any, L: Any) -> Any:
-    """``Z L^{-T}`` for lower triangular ``L``: each row solved backward stably."""
-    return _backend.solve_triangular(L, Z.T, lower=True).T
+def _times_inverse_transpose(xp: Any, Z: Any, L: Any, refine: bool) -> Any:
+    """``Z L^{-T}`` for lower triangular ``L``, as a GEMM with the explicit inverse, refined
+    once (``W + (Z - W L^T) L^{-T}``) when ``refine``."""
+    Lit = xp.linalg.inv(L).T
+    W = Z @ Lit
+    if refine:
+        W = W + (Z - W @ L.T) @ Lit
+    return W
 
 
 def check_products_finite(xp: Any, X: Any) -> None:
