@@ -301,8 +301,9 @@ def basis(M: Matrix, l: int, q: int, kind: str, gen: Any) -> Any:
 # 300 x 12, 1e5 x 20, float32 and float64), so the next pass sees cond <= 1.02.
 _PLAIN_MAX_LOSS = 1e-2
 # A pass applies L^{-T} as a GEMM with the inverse and refines it once when cond(L) exceeds
-# this: the GEMM's residual, measured at 2-60 u ||Y|| for cond 1e1-1e6, is then ~1.5 u ||Y||.
-_REFINE_ABOVE = 1e3
+# this (the shifted passes): the GEMM's residual, measured at 2-30 u ||Y|| for cond 1e1-1e5
+# and 55 u ||Y|| at 1e6, is then ~1.5 u ||Y||.
+_REFINE_ABOVE = 1e5
 # Cholesky QR passes (shifted ones included) before Householder QR takes over: a shifted pass
 # divides cond by about (u (m + n^2))^(-1/2), so 8 reach cond ~ 1 from any float64 sample.
 _MAX_PASSES = 8
@@ -323,12 +324,13 @@ def orthonormalize(xp: Any, Y: Any, passes: int = 1) -> tuple[Any, Any]:
     where a triangular solve on NumPy would run in SciPy's BLAS, whose idle threads then
     compete with NumPy's for the cores). The product with :math:`R^{-1}` gets one step of
     iterative refinement, :math:`Z \leftarrow Z + (Y - ZR) R^{-1}`, when
-    :math:`\kappa(R) > 10^3`, which leaves the residual of a backward-stable triangular solve,
-    :math:`\|Y - ZR\| = O(u)\|Y\| + O(u\,\kappa(R))^2\|Y\|` (measured: under
-    :math:`2u\|Y\|`), so the span is kept to :math:`O(u\,\kappa(Y))`; the orthogonality
-    of ``Z`` is lost to about :math:`u\,\kappa(Y)^2` (Yamamoto, Nakatsukasa, Yanagisawa and
-    Fukaya 2015), which a second pass on ``Z`` (:math:`\kappa \approx 1`) brings to
-    :math:`O(u)`: CholQR2. The eigenvalues of each Gram decide the pass:
+    :math:`\kappa(R) > 10^5` (the shifted passes in float64), which leaves the residual of a
+    backward-stable triangular solve, :math:`\|Y - ZR\| = O(u)\|Y\| + O(u\,\kappa(R))^2
+    \|Y\|` (measured: under :math:`2u\|Y\|`; without it, 2-30 :math:`u\|Y\|` for
+    :math:`\kappa(R) \le 10^5`), so the span is kept to :math:`O(u\,\kappa(Y))`; the
+    orthogonality of ``Z`` is lost to about :math:`u\,\kappa(Y)^2` (Yamamoto, Nakatsukasa,
+    Yanagisawa and Fukaya 2015), which a second pass on ``Z`` (:math:`\kappa \approx 1`)
+    brings to :math:`O(u)`: CholQR2. The eigenvalues of each Gram decide the pass:
 
     - :math:`u\,\kappa^2 \le 10^{-2}`: a plain pass (it counts toward ``passes``);
     - otherwise (the Cholesky factor would be inaccurate or fail): a shifted pass,
@@ -393,11 +395,14 @@ def _shifted_cholesky(xp: Any, G: Any, shift: float) -> tuple[Any, float]:
 
 def _times_inverse_transpose(xp: Any, Z: Any, L: Any, refine: bool) -> Any:
     """``Z L^{-T}`` for lower triangular ``L``, as a GEMM with the explicit inverse, refined
-    once (``W + (Z - W L^T) L^{-T}``) when ``refine``."""
+    once (``W - (W L^T - Z) L^{-T}``) when ``refine``; in place where the backend allows, as
+    every m x l temporary costs page faults on NumPy."""
     Lit = xp.linalg.inv(L).T
     W = Z @ Lit
     if refine:
-        W = W + (Z - W @ L.T) @ Lit
+        E = W @ L.T
+        E -= Z
+        W -= E @ Lit
     return W
 
 
