@@ -5,7 +5,9 @@ rsvd: ``sl.rsvd`` against ``torch.svd_lowrank`` and
 iterations (2), on two 3000 x 3000 float64 matrices: singular values ``1/j`` (slow decay,
 where power iterations matter), and the input rSVD exists for, a numerically low-rank one
 (rank 50 with singular values log-spaced from 1 to 1e-3, plus Gaussian noise of standard
-deviation 1e-6: its power-iteration products are ill-conditioned). scikit-learn runs twice:
+deviation 1e-6: its power-iteration products have condition numbers ~1e4); and the latter
+in float32, where those products are ill-conditioned (u cond^2 ~ 6: one Cholesky QR or SVQB
+would lose all orthogonality, the case of shifted Cholesky QR). scikit-learn runs twice:
 its default normalizer (none for two iterations) and ``power_iteration_normalizer="QR"``, the
 re-orthonormalized scheme all the others run. nystrom: ``sl.nystrom`` and
 ``sl.eigh_randomized`` against ``scipy.sparse.linalg.eigsh`` (Lanczos, converged) at the
@@ -77,8 +79,9 @@ def low_rank_plus_noise(n: int, rank: int, rng: np.random.Generator) -> np.ndarr
 
 
 def errors(A: np.ndarray, L: np.ndarray, R: np.ndarray, s: np.ndarray, k: int) -> tuple[float, ...]:
-    """Spectral and Frobenius error of ``A - L @ R`` relative to the optimal rank-k error."""
-    E = A - L @ R
+    """Spectral and Frobenius error of ``A - L @ R`` (in float64) relative to the optimal
+    rank-k error."""
+    E = A.astype(np.float64) - L.astype(np.float64) @ R.astype(np.float64)
     spec = scipy.sparse.linalg.svds(E, k=1, return_singular_vectors=False, rng=0)[0]
     return spec / s[k], np.linalg.norm(E) / np.sqrt(np.sum(s[k:] ** 2))
 
@@ -121,7 +124,9 @@ def main() -> None:
     Method = tuple[str, Callable[[], tuple], Callable[[tuple], tuple], np.ndarray, np.ndarray]
     methods: dict[str, Method] = {}
     tables = {"slow": ("sigma_j = 1/j", A, s),
-              "noise": (f"rank {k} (1 ... 1e-3) + 1e-6 noise", B, s_B)}
+              "noise": (f"rank {k} (1 ... 1e-3) + 1e-6 noise", B, s_B),
+              "noise f32": (f"rank {k} (1 ... 1e-3) + 1e-6 noise, float32", B.astype(np.float32),
+                            s_B)}
     for key, (_, M, sM) in tables.items():
         Mt = torch.as_tensor(M, device=dev)
         methods.update({
@@ -160,7 +165,7 @@ def main() -> None:
     errs = {name: errors(M, *to_lr(fn()), sM, k)
             for name, (_, fn, to_lr, M, sM) in methods.items()}
 
-    print(f"n = {n}, rank {k}, oversample {p}, power iterations {q}, float64; "
+    print(f"n = {n}, rank {k}, oversample {p}, power iterations {q}; "
           f"best of {rounds} x {args.repeats}, {PAUSE} s pause before each turn; "
           f"torch threads {torch.get_num_threads()}; "
           f"load average {load_before:.1f} before, {load_after:.1f} after")
