@@ -8,6 +8,7 @@ from torch import nn
 from .base import LayerHelper, WeightBiasHelper
 from .batchnorm import BatchNormHelper
 from .conv import ConvHelper
+from .conv_transpose import ConvTransposeHelper
 from .embedding import EmbeddingHelper
 from .groupnorm import GroupNormHelper
 from .layernorm import LayerNormHelper
@@ -49,10 +50,10 @@ def match(cls: type[nn.Module]) -> tuple[type[nn.Module] | None, str]:
     return None, f"no SENG helper for {cls.__name__}"
 
 
-for _helper in (LinearHelper, ConvHelper, BatchNormHelper, LayerNormHelper, GroupNormHelper,
-                EmbeddingHelper):
+for _helper in (LinearHelper, ConvHelper, ConvTransposeHelper, BatchNormHelper, LayerNormHelper,
+                GroupNormHelper, EmbeddingHelper):
     register(_helper)
 
-__all__ = ["HELPERS", "BatchNormHelper", "ConvHelper", "EmbeddingHelper", "GroupNormHelper",
-           "LayerHelper", "LayerNormHelper", "LinearHelper", "WeightBiasHelper", "helper_for",
-           "match", "register"]
+__all__ = ["HELPERS", "BatchNormHelper", "ConvHelper", "ConvTransposeHelper", "EmbeddingHelper",
+           "GroupNormHelper", "LayerHelper", "LayerNormHelper", "LinearHelper", "WeightBiasHelper",
+           "helper_for", "match", "register"]

@@ -43,9 +43,9 @@ class ConvHelper(WeightBiasHelper):
     def capture_grad(self, grad_output: torch.Tensor) -> torch.Tensor:
         return grad_output[None] if grad_output.ndim == self.spatial + 1 else grad_output
 
-    def patches(self, x: torch.Tensor) -> torch.Tensor:
+    def patches(self, x: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
         """im2col of ``x``: ``(N, groups, T, C_in/groups * prod(kernel))`` (a view when no
-        copy is needed)."""
+        copy is needed); ``gy`` (the call's output gradient) is not needed here."""
         m = self.module
         n = x.shape[0]
         if self.spatial <= 2 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
@@ -151,8 +151,8 @@ class ConvFactors(KroneckerFactors):
     @property
     def A(self) -> torch.Tensor:  # type: ignore[override]
         if self._A is None:
-            self._A = _cat([self.helper.with_ones(self.helper.patches(x), self.live)
-                            for x, _ in self.calls])
+            self._A = _cat([self.helper.with_ones(self.helper.patches(x, gy), self.live)
+                            for x, gy in self.calls])
         return self._A
 
     def to_dense(self) -> DenseGrads:
