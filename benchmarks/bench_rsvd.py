@@ -37,7 +37,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 import sketchlinalg as sl
-from sketchlinalg._backend import to_host
+from sketchlinalg.backend import to_host
 
 # Seconds between two libraries' turns: OpenBLAS's idle threads spin for about 0.1 s and
 # libgomp's (torch) for a few ms before they sleep.

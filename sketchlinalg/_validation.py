@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend
+from . import backend
 
 
 def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
@@ -28,7 +28,7 @@ def check_real(value: Any, name: str) -> float:
         return float(value)
     if hasattr(value, "ndim") and hasattr(value, "dtype"):
         try:
-            xp = _backend.namespace(value)
+            xp = backend.namespace(value)
         except TypeError:
             xp = None
         if xp is not None:
@@ -60,7 +60,7 @@ def check_dense(A: Any, name: str, *, ndim: tuple[int, ...] = (1, 2)) -> tuple[A
     wrong number of dimensions.
     """
     try:
-        xp = _backend.namespace(A)
+        xp = backend.namespace(A)
     except TypeError:
         raise TypeError(
             f"{name} must be a NumPy, PyTorch or CuPy array, got {type(A).__name__}"
@@ -68,7 +68,7 @@ def check_dense(A: Any, name: str, *, ndim: tuple[int, ...] = (1, 2)) -> tuple[A
     if A.ndim not in ndim:
         want = " or ".join(f"{n}-D" for n in ndim)
         raise ValueError(f"{name} must be {want}, got shape {tuple(A.shape)}")
-    return xp, _backend.compute_dtype(xp, A.dtype, name)
+    return xp, backend.compute_dtype(xp, A.dtype, name)
 
 
 def check_finite(xp: Any, A: Any, name: str) -> None:

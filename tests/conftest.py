@@ -82,7 +82,7 @@ class Backend:
         return y if dtype is None else y.astype(dtype)
 
     def to_numpy(self, x):
-        from sketchlinalg._backend import to_host
+        from sketchlinalg.backend import to_host
 
         return to_host(x)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sketchlinalg._backend import to_host
+from sketchlinalg.backend import to_host
 
 
 def eps(dtype) -> float:

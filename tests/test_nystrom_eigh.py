@@ -100,7 +100,7 @@ def test_nystrom_exact_on_low_rank_psd(kind):
 def test_svqb_path(monkeypatch):
     # The direct-formula, exactness and eigh oracles with every orthonormalization allowed to
     # take the SVQB path (normally reserved to larger matrices than these).
-    monkeypatch.setattr(sys.modules["sketchlinalg.comps.range_finder"], "_SVQB_MIN_SIZE", 0)
+    monkeypatch.setattr(sys.modules["sketchlinalg._lowrank"], "_SVQB_MIN_SIZE", 0)
     test_nystrom_matches_the_direct_formula("gaussian")
     test_nystrom_exact_on_low_rank_psd("gaussian")
     test_eigh_against_numpy_eigh(2)

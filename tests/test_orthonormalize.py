@@ -12,7 +12,7 @@ import pytest
 
 from helpers import assert_close, eps, matrix_with_spectrum
 
-rf = importlib.import_module("sketchlinalg.comps.range_finder")
+rf = importlib.import_module("sketchlinalg._lowrank")
 M, N = 2000, 40  # 80000 entries: above the size where orthonormalize prefers Householder QR
 
 
@@ -42,7 +42,7 @@ def no_householder(monkeypatch):
     def refuse(A):
         raise AssertionError("orthonormalize fell back to Householder QR")
 
-    monkeypatch.setattr(rf._backend, "qr", refuse)
+    monkeypatch.setattr(rf.backend, "qr", refuse)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

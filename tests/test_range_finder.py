@@ -101,7 +101,7 @@ def test_other_families_within_twice_the_gaussian_bound(kind):
 def svqb_everywhere(monkeypatch):
     """Let orthonormalize use SVQB on the small matrices of these tests (where it would pick
     Householder QR for speed), so that both of its paths run under the same oracles."""
-    monkeypatch.setattr(sys.modules["sketchlinalg.comps.range_finder"], "_SVQB_MIN_SIZE", 0)
+    monkeypatch.setattr(sys.modules["sketchlinalg._lowrank"], "_SVQB_MIN_SIZE", 0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -111,7 +111,7 @@ def test_orthonormalize_both_paths(dtype, cond, svqb_everywhere):
     # way, after two passes: Z orthonormal to O(m eps); Y = Z C with residual
     # <= eps cond ||Y|| (SVQB) or O(eps) ||Y|| (Householder), and range(Z) = range(Y) up to
     # the same; the factor 10 m covers the length-m inner products.
-    from sketchlinalg.comps.range_finder import orthonormalize
+    from sketchlinalg._lowrank import orthonormalize
 
     s = np.logspace(0, -np.log10(cond), 12) if np.isfinite(cond) else np.r_[np.ones(8), 0, 0, 0, 0]
     Y = matrix_with_spectrum(300, 12, s, rng=40).astype(dtype)
@@ -133,7 +133,7 @@ def test_basis_spans_the_power_scheme_range(kind, q, svqb, monkeypatch):
     # below 2^(2q+1) cond(A Omega), so the two projectors agree to ~1e3 eps; a wrong q or a
     # wrong test matrix gives an O(1) difference.
     if svqb:
-        monkeypatch.setattr(sys.modules["sketchlinalg.comps.range_finder"], "_SVQB_MIN_SIZE", 0)
+        monkeypatch.setattr(sys.modules["sketchlinalg._lowrank"], "_SVQB_MIN_SIZE", 0)
     A = matrix_with_spectrum(M_ROWS, N_COLS, np.linspace(1, 2, N_COLS), rng=30)
     l = K + P
     Y = A @ (sl.sketch(kind, l, N_COLS, rng=31).T @ np.eye(l))
@@ -330,7 +330,7 @@ def test_adaptive_backends_and_inputs(backend, dtype):
         ({"power_iters": -1}, ValueError, "power_iters must be >= 0"),
         ({"power_iters": True}, TypeError, "power_iters must be an int"),
         ({"sketch": "fourier"}, ValueError, "unknown sketch kind 'fourier'"),
-        ({"sketch": None}, TypeError, "sketch must be a str"),
+        ({"sketch": None}, TypeError, "sketch must be a family name"),
         ({"rng": 1.5}, TypeError, "rng must be"),
     ],
 )

@@ -62,7 +62,7 @@ def test_svqb_path_against_exact_svd(monkeypatch):
     # The same Weyl and projection oracles with every orthonormalization allowed to take the
     # SVQB path (normally reserved to larger matrices): its extra error is bounded by
     # 1e-4 sigma_l, far below the residual here.
-    monkeypatch.setattr(sys.modules["sketchlinalg.comps.range_finder"], "_SVQB_MIN_SIZE", 0)
+    monkeypatch.setattr(sys.modules["sketchlinalg._lowrank"], "_SVQB_MIN_SIZE", 0)
     test_singular_values_against_exact_svd("slow", 2)
     test_exact_on_low_rank_matrices()
 

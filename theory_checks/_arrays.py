@@ -7,7 +7,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from sketchlinalg import _backend
+from sketchlinalg import backend
 
 from ._config import Config
 
@@ -40,29 +40,29 @@ class Arrays:
                 raise ValueError("backend 'cupy' requested but CuPy is not installed") from None
             like = cupy.zeros(0)
         self.like = like
-        self.xp = _backend.namespace(like)
+        self.xp = backend.namespace(like)
 
     def asarray(self, x: Any) -> Any:
         """A float64 copy of host data ``x`` on the backend and device."""
-        return _backend.from_host(np.asarray(x, dtype=np.float64), like=self.like,
+        return backend.from_host(np.asarray(x, dtype=np.float64), like=self.like,
                                   dtype=self.xp.float64)
 
     @staticmethod
     def host(x: Any) -> np.ndarray:
         """A NumPy copy."""
-        return _backend.to_host(x)
+        return backend.to_host(x)
 
     @staticmethod
     def item(x: Any) -> float:
         """A Python float from a 0-d array of any backend."""
-        return float(_backend.to_host(x))
+        return float(backend.to_host(x))
 
 
 def eye_like(x: Any, n: int) -> Any:
     """The ``n x n`` identity in the namespace, dtype and device of ``x``."""
-    return _backend.namespace(x).eye(n, dtype=x.dtype, device=array_api_compat.device(x))
+    return backend.namespace(x).eye(n, dtype=x.dtype, device=array_api_compat.device(x))
 
 
 def zeros_like_vector(x: Any, n: int) -> Any:
     """A zero vector of length ``n`` in the namespace, dtype and device of ``x``."""
-    return _backend.namespace(x).zeros(n, dtype=x.dtype, device=array_api_compat.device(x))
+    return backend.namespace(x).zeros(n, dtype=x.dtype, device=array_api_compat.device(x))

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.signal
 
 import sketchlinalg as sl
-from sketchlinalg import _backend
+from sketchlinalg import backend
 
 from . import _fit
 from ._arrays import Arrays, eye_like, zeros_like_vector
@@ -136,9 +136,9 @@ def _woodbury(ar: Arrays, p: dict, seed: np.random.SeedSequence) -> list[Check]:
         x_dense = xp.linalg.solve(dense, g)
         # regularized least squares through QR of [U; sqrt(lam) I]
         aug = xp.concat([U, math.sqrt(lam) * eye_like(U, n)])
-        Q, R = _backend.qr(aug)
+        Q, R = backend.qr(aug)
         rhs = Q.T @ xp.concat([g, zeros_like_vector(g, n)])
-        alpha = _backend.solve_triangular(R, rhs, lower=False)
+        alpha = backend.solve_triangular(R, rhs, lower=False)
         x_lsq = (g - U @ alpha) / lam
         x_wood, x_lsq = (1 + p["wood_error"]) * x_wood, (1 + p["wood_error"]) * x_lsq
         kappa = (1.0 + lam) / lam  # cond(UU^T + lam I) on R^P (sigma_max = 1)
@@ -408,7 +408,7 @@ def _conv(ar: Arrays, p: dict, seed: np.random.SeedSequence) -> Check:
     flat = ((cc.ravel()[None, :] * side + rows.ravel()[:, None] + uu.ravel()[None, :]) * side
             + cols.ravel()[:, None] + vv.ravel()[None, :])
     xb = xp.reshape(ar.asarray(x), (N, C * side * side))
-    idx = _backend.from_host(flat.ravel().astype(np.int64), like=xb,
+    idx = backend.from_host(flat.ravel().astype(np.int64), like=xb,
                              dtype=xp.int64)
     Ahat = xp.reshape(xp.take(xb, idx, axis=1), (N * T, C * k * k))
     Ghat = xp.reshape(xp.permute_dims(xp.reshape(ar.asarray(gout), (N, O, T)), (0, 2, 1)),
@@ -462,7 +462,7 @@ def _distributed(ar: Arrays, p: dict, seed: np.random.SeedSequence) -> Check:
             parts = np.array_split(rng.permutation(N), P)
             dirs, dirs_local, norms = [], [], []
             for part in parts:
-                Uw = xp.take(per, _backend.from_host(part, like=per, dtype=xp.int64), axis=0).T
+                Uw = xp.take(per, backend.from_host(part, like=per, dtype=xp.int64), axis=0).T
                 Uw = Uw / math.sqrt(len(part))
                 dirs.append(sl.woodbury_solve(Uw, g, lam))
                 dirs_local.append(sl.woodbury_solve(Uw, xp.mean(Uw, axis=1) *

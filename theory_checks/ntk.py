@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import sketchlinalg as sl
-from sketchlinalg import _backend
+from sketchlinalg import backend
 
 from . import _fit
 from ._arrays import Arrays, eye_like
@@ -195,10 +195,10 @@ def _trajectory(net: ReLUNet, W: Any, y: Any, eta: float, steps: int, direction:
 
 
 def _solve_psd(M: Any, r: Any) -> Any:
-    L = _backend.cholesky(M)
+    L = backend.cholesky(M)
     if L is None:
         raise FloatingPointError("Cholesky of the damped Gram failed")
-    return _backend.solve_triangular(L, _backend.solve_triangular(L, r, lower=True),
+    return backend.solve_triangular(L, backend.solve_triangular(L, r, lower=True),
                                      lower=True, trans=True)
 
 
@@ -324,8 +324,8 @@ def _sketched(ar: Arrays, net: ReLUNet, lam: float, kind: str, size: int, scale:
         S = sl.sketch(kind, size, J.shape[1], rng=np.random.default_rng(seed.spawn(1)[0]))
         SJ = scale * (S @ J.T)
         Ht = SJ.T @ SJ
-        L = _backend.cholesky(H)
-        M = _backend.solve_triangular(L, _backend.solve_triangular(L, Ht, lower=True).T,
+        L = backend.cholesky(H)
+        M = backend.solve_triangular(L, backend.solve_triangular(L, Ht, lower=True).T,
                                       lower=True)
         w = ar.host(xp.linalg.eigvalsh((M + M.T) / 2))
         eps = float(np.max(np.abs(w - 1.0)))

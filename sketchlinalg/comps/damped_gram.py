@@ -9,7 +9,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .. import _backend
+from .. import backend
 from .._validation import check_dense, check_finite, check_real
 
 
@@ -42,14 +42,14 @@ class DampedGramFactor:
         working dtype of the factors and returned in the promoted dtype of ``G`` and ``B``
         (half precision in, half precision out)."""
         F = self.L if self.method == "cholesky" else self.V
-        xp = _backend.namespace(F, B)
-        prec = _backend.precision(xp, F.dtype if self.dtype is None else self.dtype, B.dtype,
+        xp = backend.namespace(F, B)
+        prec = backend.precision(xp, F.dtype if self.dtype is None else self.dtype, B.dtype,
                                   name="B")
         B = prec.compute(B)
         if self.method == "cholesky":
             L = prec.compute(self.L)
-            Y = _backend.solve_triangular(L, B, lower=True)
-            return prec.result(_backend.solve_triangular(L, Y, lower=True, trans=True))
+            Y = backend.solve_triangular(L, B, lower=True)
+            return prec.result(backend.solve_triangular(L, Y, lower=True, trans=True))
         V, w = prec.compute(self.V), prec.compute(self.w)
         scale = 1.0 / (w + self.lam)
         return prec.result(V @ ((V.T @ B) * (scale if B.ndim == 1 else scale[:, None])))
@@ -87,15 +87,15 @@ def damped_gram_factor(G: Any, lam: float) -> DampedGramFactor:
     if not np.isfinite(lam) or lam <= 0:
         raise ValueError(f"lam must be finite and > 0, got {lam}")
     dtype = G.dtype
-    G = _backend.precision(xp, dtype, name="G").compute(G)
+    G = backend.precision(xp, dtype, name="G").compute(G)
     eye = xp.eye(G.shape[0], dtype=G.dtype, device=array_api_compat.device(G))
-    L = _backend.cholesky(G + lam * eye)
+    L = backend.cholesky(G + lam * eye)
     if L is not None:
-        diag = _backend.to_host(xp.linalg.diagonal(L)).astype(np.float64)
+        diag = backend.to_host(xp.linalg.diagonal(L)).astype(np.float64)
         cond = float((diag.max() / diag.min()) ** 2) if diag.size else 1.0  # n = 0: empty
         return DampedGramFactor("cholesky", lam, cond, L=L, dtype=dtype)
     w, V = xp.linalg.eigh(G)
     w = xp.where(w > 0, w, xp.zeros_like(w))
-    wh = _backend.to_host(w).astype(np.float64)
+    wh = backend.to_host(w).astype(np.float64)
     return DampedGramFactor("eigh", lam, float((wh.max() + lam) / (wh.min() + lam)), w=w, V=V,
                             dtype=dtype)

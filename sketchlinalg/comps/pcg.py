@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import Precision, backend_name, namespace, precision
 from .._linop import as_matrix
 from .._validation import check_dense, check_finite, check_int, check_nonnegative
+from ..backend import Precision, backend_name, namespace, precision
 
 __all__ = ["pcg"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._lowrank import basis, check_symmetric_sketch, prepare, to_input_dtype
 from .._rng import RNGLike
-from ..comps.range_finder import basis, check_symmetric_sketch, prepare, to_input_dtype
+from ..sketching._spec import SketchSpec
 
 __all__ = ["eigh_randomized"]
 
@@ -15,7 +16,7 @@ def eigh_randomized(
     rank: int,
     oversample: int = 10,
     power_iters: int = 2,
-    sketch: str = "gaussian",
+    sketch: SketchSpec = "gaussian",
     rng: RNGLike = 0,
 ) -> tuple[Any, Any]:
     r"""Randomized partial eigendecomposition :math:`A \approx V \operatorname{diag}(w) V^T`
@@ -50,8 +51,14 @@ def eigh_randomized(
         Extra sampled columns ``p >= 0``; ``rank + oversample`` is clipped to ``n``.
     power_iters : int, default 2
         Power iterations ``q >= 0``, each re-orthonormalized.
-    sketch : {"gaussian", "srht", "countsketch", "sparse_sign", "sampling"}
-        Family of the test matrix.
+    sketch : str, SketchingOperator or callable, default "gaussian"
+        The test matrix :math:`\Omega = S^T`: a family name (``"gaussian"``,
+        ``"srht"``, ``"countsketch"``, ``"sparse_sign"``, ``"sampling"``; see
+        :func:`sketchlinalg.sketch`), an operator ``S`` of shape ``(l, n)`` with
+        ``l = min(rank + oversample, n)``, or a factory called as ``factory(l, n, rng=gen)``
+        that returns one (a class such as :class:`sketchlinalg.SparseSign`, or
+        ``functools.partial(SparseSign, nnz=4)``). A name or a factory draws from ``rng``; an
+        operator brings its own random data.
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Source of randomness (SPEC 7). An int or SeedSequence seeds a fresh generator, a
         Generator is used (and advanced) as given, None draws fresh OS entropy. The random
@@ -71,9 +78,9 @@ def eigh_randomized(
     N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness",
     SIAM Review 53(2), 2011, Algorithms 4.4 and 5.3.
     """
-    M, l, q, kind, gen = prepare(A, rank, oversample, power_iters, sketch, rng, square=True)
+    M, l, q, S = prepare(A, rank, oversample, power_iters, sketch, rng, square=True)
     xp, n, k = M.xp, M.shape[0], int(rank)
-    Q = basis(M, l, q, kind, gen)
+    Q = basis(M, q, S)
     AQ = M.matmat(Q)
     B = Q.T @ AQ
     check_symmetric_sketch(xp, B, float(xp.linalg.vector_norm(AQ)), n, M.dtype)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import _backend
-from .._rng import RNGLike
-from ..comps.range_finder import (
+from .. import backend
+from .._lowrank import (
     check_products_finite,
     check_symmetric_sketch,
     device_kw,
@@ -17,6 +16,8 @@ from ..comps.range_finder import (
     prepare,
     to_input_dtype,
 )
+from .._rng import RNGLike
+from ..sketching._spec import SketchSpec
 
 __all__ = ["nystrom"]
 
@@ -25,7 +26,7 @@ def nystrom(
     A: Any,
     rank: int,
     oversample: int = 10,
-    sketch: str = "gaussian",
+    sketch: SketchSpec = "gaussian",
     rng: RNGLike = 0,
 ) -> tuple[Any, Any]:
     r"""Randomized Nystrom approximation :math:`A \approx U \operatorname{diag}(\lambda) U^T`
@@ -72,8 +73,14 @@ def nystrom(
         Number ``k`` of eigenpairs, ``1 <= k <= n``.
     oversample : int, default 10
         Extra sampled columns ``p >= 0``; ``rank + oversample`` is clipped to ``n``.
-    sketch : {"gaussian", "srht", "countsketch", "sparse_sign", "sampling"}
-        Family of the test matrix (orthonormalized before use).
+    sketch : str, SketchingOperator or callable, default "gaussian"
+        The test matrix :math:`\Omega = S^T` (orthonormalized before use): a family name
+        (``"gaussian"``, ``"srht"``, ``"countsketch"``, ``"sparse_sign"``, ``"sampling"``; see
+        :func:`sketchlinalg.sketch`), an operator ``S`` of shape ``(l, n)`` with
+        ``l = min(rank + oversample, n)``, or a factory called as ``factory(l, n, rng=gen)``
+        that returns one (a class such as :class:`sketchlinalg.SparseSign`, or
+        ``functools.partial(SparseSign, nnz=4)``). A name or a factory draws from ``rng``; an
+        operator brings its own random data.
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Source of randomness (SPEC 7). An int or SeedSequence seeds a fresh generator, a
         Generator is used (and advanced) as given, None draws fresh OS entropy. The random
@@ -95,9 +102,9 @@ def nystrom(
     Theorem 4.1. Z. Frangella, J. A. Tropp, M. Udell, "Randomized Nystrom preconditioning",
     SIAM J. Matrix Anal. Appl. 44(2), 2023, Algorithm 2.1.
     """
-    M, l, _, kind, gen = prepare(A, rank, oversample, 0, sketch, rng, square=True)
+    M, _, _, S = prepare(A, rank, oversample, 0, sketch, rng, square=True)
     xp, n, k = M.xp, M.shape[0], int(rank)
-    Omega, _ = orthonormalize(xp, omega(M, l, kind, gen), passes=2)
+    Omega, _ = orthonormalize(xp, omega(M, S), passes=2)
     Y = M.matmat(Omega)
     check_products_finite(xp, Y)
     scale = float(xp.linalg.vector_norm(Y))
@@ -108,7 +115,7 @@ def nystrom(
     Y_nu = Y + nu * Omega
     B = Omega.T @ Y_nu
     check_symmetric_sketch(xp, B, scale, n, M.dtype)
-    C = _backend.cholesky(0.5 * (B + B.T))
+    C = backend.cholesky(0.5 * (B + B.T))
     if C is None:
         raise ValueError(
             "A is not positive semidefinite: the sketch Omega^T A Omega + nu I has no "
@@ -116,7 +123,7 @@ def nystrom(
         )
     P, R = orthonormalize(xp, Y_nu, passes=2)
     # E = Y_nu C^{-T} = P (R C^{-T}) and R C^{-T} = (C^{-1} R^T)^T.
-    X, sigma, _ = xp.linalg.svd(_backend.solve_triangular(C, R.T, lower=True).T)
+    X, sigma, _ = xp.linalg.svd(backend.solve_triangular(C, R.T, lower=True).T)
     U = P @ X[:, :k]
     lam = xp.clip(sigma[:k] ** 2 - nu, min=0.0)
     return to_input_dtype(U, A, M), to_input_dtype(lam, A, M)

@@ -9,14 +9,15 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .. import _backend
+from .. import backend
 from .._linop import as_matrix
 from .._rng import RNGLike, normalize_rng
 from .._validation import check_dense, check_finite, check_int, check_nonnegative
 from ..comps.lsqr import lsqr
 from ..comps.pcg import pcg
-from ..sketching import KINDS
+from ..sketching import SketchingOperator
 from ..sketching import sketch as make_sketch
+from ..sketching._spec import SketchSpec, build_operator, check_spec, describe
 
 __all__ = ["ridge"]
 
@@ -34,7 +35,7 @@ def ridge(
     *,
     method: str = "auto",
     rng: RNGLike = 0,
-    sketch: str = "sparse_sign",
+    sketch: SketchSpec = "sparse_sign",
     sketch_size: int | None = None,
     solver: str = "lsqr",
     tol: float | None = None,
@@ -129,11 +130,16 @@ def ridge(
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Source of randomness (SPEC 7) for the sketches: an int or SeedSequence seeds a fresh
         generator, a Generator is used (and advanced) as given, None draws fresh OS entropy.
-    sketch : {"sparse_sign", "gaussian", "srht", "countsketch", "sampling"}
-        Sketch family of the sketch methods (default sparse sign, 8 nonzeros per column:
-        one pass over ``A``, embedding quality close to Gaussian).
+    sketch : str, SketchingOperator or callable, default "sparse_sign"
+        The sketch :math:`S` of the sketch methods: a family name (``"sparse_sign"``,
+        ``"gaussian"``, ``"srht"``, ``"countsketch"``, ``"sampling"``; the default, sparse
+        sign with 8 nonzeros per column, makes one pass over ``A`` with an embedding quality
+        close to Gaussian), an operator of shape ``(sketch_size, m)``, or a factory called as
+        ``factory(sketch_size, m, rng=gen)`` that returns one, e.g.
+        ``functools.partial(sl.SparseSign, nnz=4)`` to set the nonzeros per column.
     sketch_size : int, optional
-        Rows ``d`` of :math:`S`, ``n <= d <= m``; default ``min(4 n, m)``.
+        Rows ``d`` of :math:`S`, ``n <= d <= m``; default ``min(4 n, m)``, or the rows of an
+        operator ``sketch``.
     solver : {"lsqr", "cg"}
         Krylov solver of ``"sketch_precondition"``.
     tol : float, optional
@@ -170,7 +176,7 @@ def ridge(
         ``method``, ``sketch``, ``sketch_size``, ``solver``, ``tol`` or ``maxiter``.
     """
     _check_choice(method, "method", METHODS)
-    _check_choice(sketch, "sketch", tuple(KINDS))
+    check_spec(sketch)
     _check_choice(solver, "solver", SOLVERS)
     if not isinstance(return_info, bool):
         raise TypeError(f"return_info must be a bool, got {type(return_info).__name__}")
@@ -188,7 +194,7 @@ def ridge(
             f"{(m, n)}; use method='direct'"
         )
     if sketch_size is None:
-        sketch_size = min(4 * n, m)
+        sketch_size = sketch.shape[0] if isinstance(sketch, SketchingOperator) else min(4 * n, m)
     else:
         sketch_size = check_int(sketch_size, "sketch_size", minimum=1)
         if not n <= sketch_size <= m:
@@ -222,7 +228,7 @@ def ridge(
     info["method"] = method
     if method in ("sketch_solve", "sketch_precondition"):
         pre = _sketch_factor(P, sketch, sketch_size, gen)
-        info.update(sketch=f"{sketch}({sketch_size})", factorization="qr_of_sketch"
+        info.update(sketch=pre.sketch, factorization="qr_of_sketch"
                     + pre.truncation, cond=pre.cond)
         x = pre.apply(pre.y0)
         if method == "sketch_precondition":
@@ -252,8 +258,8 @@ class _Problem:
             )
         self.nrhs = b.shape[1] if b.ndim == 2 else 1
         if M.kind == "dense":
-            _backend.namespace(M.data, b)  # one backend for both
-        elif _backend.backend_name(b) != "numpy":
+            backend.namespace(M.data, b)  # one backend for both
+        elif backend.backend_name(b) != "numpy":
             raise TypeError("b must be a NumPy array when A is a scipy.sparse matrix or operator")
         check_finite(xb, b, "b")
         self.lam = check_nonnegative(lam, "lam")
@@ -263,7 +269,7 @@ class _Problem:
             )
         self.xp, self.shape = xb, (m, n)
         # A's input dtype (before as_matrix's half-to-float32 cast) and b's: the result dtype.
-        self.prec = _backend.precision(xb, A.dtype if M.kind == "dense" else M.dtype, b.dtype,
+        self.prec = backend.precision(xb, A.dtype if M.kind == "dense" else M.dtype, b.dtype,
                                        name="b")
         self.work, self.eps = self.prec.work, self.prec.eps
         data = M.data
@@ -296,9 +302,9 @@ class _Problem:
         """``|A_bar x - b_bar|``: a float, or a NumPy array (one per column) for a 2-D ``b``."""
         x = self.prec.compute(x)
         Ax = self.matvec(x)
-        r = _backend.to_host(self.xp.linalg.vector_norm(
+        r = backend.to_host(self.xp.linalg.vector_norm(
             (np.asarray(Ax) if self.sparse else Ax) - self.b, axis=0)).astype(np.float64)
-        xn = _backend.to_host(self.xp.linalg.vector_norm(x, axis=0)).astype(np.float64)
+        xn = backend.to_host(self.xp.linalg.vector_norm(x, axis=0)).astype(np.float64)
         res = np.hypot(r, math.sqrt(self.lam) * xn)
         return float(res) if self.b.ndim == 1 else res
 
@@ -315,7 +321,7 @@ def _auto_method(P: _Problem, gen: np.random.Generator) -> tuple[str, str]:
     # Cheap conditioning probe: Cholesky of the Gram of 4n sampled rows (+ lam I).
     d = min(4 * n, m)
     SA = make_sketch("sampling", d, m, rng=gen) @ P.A
-    L = _backend.cholesky(SA.T @ SA + P.lam * P.eye(n))
+    L = backend.cholesky(SA.T @ SA + P.lam * P.eye(n))
     kappa = math.inf if L is None else _cond_triangular(P.xp, L, lower=True)
     limit = P.eps ** -0.25
     if kappa <= limit:
@@ -331,7 +337,7 @@ def _cholesky(P: _Problem) -> tuple[Any, dict[str, Any]]:
     G = P.A.T @ P.A
     if P.sparse:
         G = P.xp.asarray(G.toarray())
-    L = _backend.cholesky(G + P.lam * P.eye(n))
+    L = backend.cholesky(G + P.lam * P.eye(n))
     if L is None:
         return None, {"note": "Cholesky of A^T A + lam I failed (not numerically positive "
                               "definite)"}
@@ -340,14 +346,14 @@ def _cholesky(P: _Problem) -> tuple[Any, dict[str, Any]]:
     if kappa > limit:
         return None, {"note": f"Cholesky rejected: cond estimate {kappa:.2e} > eps^(-1/4) = "
                               f"{limit:.2e}"}
-    y = _backend.solve_triangular(L, P.rmatvec(P.b), lower=True)
-    return _backend.solve_triangular(L, y, lower=True, trans=True), {
+    y = backend.solve_triangular(L, P.rmatvec(P.b), lower=True)
+    return backend.solve_triangular(L, y, lower=True, trans=True), {
         "factorization": "cholesky", "cond": kappa}
 
 
 def _qr(P: _Problem) -> tuple[Any, dict[str, Any]]:
     """Householder QR of [A b; sqrt(lam) I 0]: R x = (Q^T [b; 0])_{1:n}."""
-    F = _RightFactor(P, _backend.qr_r(_augment(P, P.dense(), P.b)))
+    F = _RightFactor(P, backend.qr_r(_augment(P, P.dense(), P.b)))
     return F.apply(F.y0), {"factorization": "qr" + F.truncation, "cond": F.cond}
 
 
@@ -383,10 +389,11 @@ class _RightFactor:
         self.V = None
         self.y0 = z
         self.truncation = ""
+        self.sketch = ""  # the sketch's label, set by _sketch_factor
         rtol = max(m, n) * P.eps
         if self.cond > 0.1 / rtol:
             U, s, Vh = xp.linalg.svd(self.R)
-            s_host = _backend.to_host(s).astype(np.float64)
+            s_host = backend.to_host(s).astype(np.float64)
             r = int(np.sum(s_host > rtol * s_host[0]))
             self.cond = float(s_host[0] / s_host[r - 1]) if r > 0 else math.inf
             if r < n:
@@ -398,23 +405,25 @@ class _RightFactor:
         """``N y``."""
         if self.V is not None:
             return self.V @ y
-        return _backend.solve_triangular(self.R, y, lower=False)
+        return backend.solve_triangular(self.R, y, lower=False)
 
     def apply_t(self, z: Any) -> Any:
         """``N^T z``."""
         if self.V is not None:
             return self.V.T @ z
-        return _backend.solve_triangular(self.R, z, lower=False, trans=True)
+        return backend.solve_triangular(self.R, z, lower=False, trans=True)
 
 
-def _sketch_factor(P: _Problem, kind: str, d: int, gen: np.random.Generator) -> _RightFactor:
+def _sketch_factor(P: _Problem, spec: Any, d: int, gen: np.random.Generator) -> _RightFactor:
     r"""QR of the sketched ``[S A  S b; sqrt(lam) I 0]``: the right preconditioner, and the
-    sketch-and-solve solution ``N y0``."""
-    S = make_sketch(kind, d, P.shape[0], rng=gen)
+    sketch-and-solve solution ``N y0`` (``sketch`` labels ``S`` for the report)."""
+    S = build_operator(spec, d, P.shape[0], gen, role="sketch_size x m, m the rows of A")
     SA = S @ P.A
     if P.sparse:
         SA = P.xp.asarray(SA, dtype=P.work)
-    return _RightFactor(P, _backend.qr_r(_augment(P, SA, S @ P.b)))
+    pre = _RightFactor(P, backend.qr_r(_augment(P, SA, S @ P.b)))
+    pre.sketch = describe(spec, S)
+    return pre
 
 
 def _krylov_columns(P: _Problem, pre: _RightFactor, d: int, solver: str, tol: float | None,
@@ -482,7 +491,7 @@ def _cond_triangular(xp: Any, T: Any, *, lower: bool, iters: int = 10) -> float:
     if not bool(xp.all(xp.linalg.diagonal(T) != 0)):
         return math.inf  # exactly singular (a zero column of A): no triangular solve
     start = np.random.default_rng(0).standard_normal(n)  # fixed start vector, no global state
-    v = _backend.from_host(start / np.linalg.norm(start), like=T, dtype=T.dtype)
+    v = backend.from_host(start / np.linalg.norm(start), like=T, dtype=T.dtype)
     w = v
     big = small = 0.0
     for _ in range(iters):
@@ -493,7 +502,7 @@ def _cond_triangular(xp: Any, T: Any, *, lower: bool, iters: int = 10) -> float:
         w = w / big
     w = v
     for _ in range(iters):
-        w = _backend.solve_triangular(T, _backend.solve_triangular(T, w, lower=lower, trans=True),
+        w = backend.solve_triangular(T, backend.solve_triangular(T, w, lower=lower, trans=True),
                                       lower=lower)
         small = float(xp.linalg.vector_norm(w))
         if not small > 0 or not math.isfinite(small):

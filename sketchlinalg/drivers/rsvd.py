@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._lowrank import basis, orthonormalize, prepare, to_input_dtype
 from .._rng import RNGLike
-from ..comps.range_finder import basis, orthonormalize, prepare, to_input_dtype
+from ..sketching._spec import SketchSpec
 
 __all__ = ["rsvd"]
 
@@ -15,7 +16,7 @@ def rsvd(
     rank: int,
     oversample: int = 10,
     power_iters: int = 2,
-    sketch: str = "gaussian",
+    sketch: SketchSpec = "gaussian",
     rng: RNGLike = 0,
 ) -> tuple[Any, Any, Any]:
     r"""Randomized truncated SVD :math:`A \approx U \operatorname{diag}(s) V^T`.
@@ -53,8 +54,14 @@ def rsvd(
         (then the factorization is exact up to rounding).
     power_iters : int, default 2
         Power iterations ``q >= 0``, each re-orthonormalized.
-    sketch : {"gaussian", "srht", "countsketch", "sparse_sign", "sampling"}
-        Family of the test matrix.
+    sketch : str, SketchingOperator or callable, default "gaussian"
+        The test matrix :math:`\Omega = S^T`: a family name (``"gaussian"``,
+        ``"srht"``, ``"countsketch"``, ``"sparse_sign"``, ``"sampling"``; see
+        :func:`sketchlinalg.sketch`), an operator ``S`` of shape ``(l, n)`` with
+        ``l = min(rank + oversample, m, n)``, or a factory called as ``factory(l, n, rng=gen)``
+        that returns one (a class such as :class:`sketchlinalg.SparseSign`, or
+        ``functools.partial(SparseSign, nnz=4)``). A name or a factory draws from ``rng``; an
+        operator brings its own random data.
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Source of randomness (SPEC 7). An int or SeedSequence seeds a fresh generator, a
         Generator is used (and advanced) as given, None draws fresh OS entropy. The random
@@ -77,8 +84,8 @@ def rsvd(
     N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness",
     SIAM Review 53(2), 2011, Algorithms 4.4 and 5.1, Sections 9.4 and 10.
     """
-    M, l, q, kind, gen = prepare(A, rank, oversample, power_iters, sketch, rng)
-    Q = basis(M, l, q, kind, gen)
+    M, _, q, S = prepare(A, rank, oversample, power_iters, sketch, rng)
+    Q = basis(M, q, S)
     P, R = orthonormalize(M.xp, M.rmatmat(Q), passes=2)
     X, s, Yh = M.xp.linalg.svd(R.T, full_matrices=False)
     k = int(rank)

@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import _backend
+from .. import backend
 from .._linop import as_matrix
-from .._rng import RNGLike
+from .._rng import RNGLike, normalize_rng
 from .._validation import check_dense, check_finite, check_int
 from ..comps.damped_gram import damped_gram_factor
-from ..sketching import KINDS
-from ..sketching import sketch as make_sketch
+from ..sketching import SketchingOperator
+from ..sketching._spec import SketchSpec, build_operator, check_spec, describe
 
 __all__ = ["woodbury_solve"]
 
@@ -23,7 +23,7 @@ def woodbury_solve(
     g: Any,
     lam: Any,
     *,
-    sketch: str | None = None,
+    sketch: SketchSpec | None = None,
     sketch_size: int | None = None,
     rng: RNGLike = 0,
     return_info: bool = False,
@@ -64,24 +64,28 @@ def woodbury_solve(
     lam : float or 1-D array of floats
         The regularization(s) :math:`\lambda > 0`; a 1-D array (NumPy, list, or an array of
         ``U``'s backend) of length ``L`` gives a result with a leading axis of length ``L``.
-    sketch : str or None
-        None (default) uses the exact Gram. A sketch kind (``"gaussian"``, ``"srht"``,
-        ``"countsketch"``, ``"sparse_sign"``, ``"sampling"``) replaces the Gram by
+    sketch : None, str, SketchingOperator or callable
+        None (default) uses the exact Gram. A sketch replaces the Gram by
         :math:`U^T S^T S U` with :math:`S` of shape ``(sketch_size, p)``,
-        :math:`E[S^T S] = I`. Only the Gram is approximated: :math:`U^T g` and
-        :math:`U \alpha` stay exact, so the result is the exact Woodbury formula evaluated with
-        an approximate :math:`n \times n` matrix, not the solve of a sketched system.
+        :math:`E[S^T S] = I`, given as a family name (``"gaussian"``, ``"srht"``,
+        ``"countsketch"``, ``"sparse_sign"``, ``"sampling"``), an operator of that shape, or
+        a factory called as ``factory(sketch_size, p, rng=gen)`` that returns one (e.g.
+        ``functools.partial(sl.SparseSign, nnz=4)``). Only the Gram is approximated:
+        :math:`U^T g` and :math:`U \alpha` stay exact, so the result is the exact Woodbury
+        formula evaluated with an approximate :math:`n \times n` matrix, not the solve of a
+        sketched system.
     sketch_size : int, optional
-        Rows of :math:`S`, ``1 <= sketch_size <= p``; required with ``sketch``.
+        Rows of :math:`S`, ``1 <= sketch_size <= p``; required with a family name or a
+        factory (an operator brings its own).
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Source of randomness (SPEC 7) for the sketch: an int or SeedSequence seeds a fresh
         generator, a Generator is used (and advanced) as given, None draws fresh OS entropy.
-        Unused without ``sketch``.
+        Unused without ``sketch`` or with an operator instance.
     return_info : bool
         Also return a dict with ``"factorization"`` (``"cholesky"`` or ``"eigh"``),
         ``"fallback"`` (True when Cholesky failed and eigh was used instead), ``"gram"``
-        (``"exact"`` or ``"<kind>(<sketch_size>)"``) and ``"cond"``, the condition number of
-        :math:`G + \lambda I` (exact from eigh; from Cholesky the lower bound
+        (``"exact"``, ``"<kind>(<sketch_size>)"`` or the operator's repr) and ``"cond"``, the
+        condition number of :math:`G + \lambda I` (exact from eigh; from Cholesky the lower bound
         :math:`(\max_i L_{ii} / \min_i L_{ii})^2`; for an array of lams, the largest).
 
     Returns
@@ -113,8 +117,8 @@ def woodbury_solve(
     p, n = M.shape
     xp, _ = check_dense(g, "g")
     if M.kind == "dense":
-        _backend.namespace(U, g)  # one backend for both
-    elif _backend.backend_name(g) != "numpy":
+        backend.namespace(U, g)  # one backend for both
+    elif backend.backend_name(g) != "numpy":
         raise TypeError("g must be a NumPy array when U is a scipy.sparse matrix or operator")
     if g.shape[0] != p:
         raise ValueError(
@@ -124,10 +128,11 @@ def woodbury_solve(
     lams = _check_lam(lam)
     d = 0  # rows of the sketch, when there is one
     if sketch is not None:
-        if not isinstance(sketch, str) or sketch not in KINDS:
-            raise ValueError(f"sketch must be None or one of {', '.join(KINDS)}, got {sketch!r}")
+        check_spec(sketch)
+        if sketch_size is None and isinstance(sketch, SketchingOperator):
+            sketch_size = sketch.shape[0]
         if sketch_size is None:
-            raise ValueError("sketch_size is required when sketch is given")
+            raise ValueError("sketch_size is required when sketch is a family name or a factory")
         d = check_int(sketch_size, "sketch_size", minimum=1)
         if d > p:
             raise ValueError(f"sketch_size must be <= p = {p} (rows of U), got {d}")
@@ -135,7 +140,7 @@ def woodbury_solve(
         raise ValueError("sketch_size is given but sketch is None; pass a sketch kind too")
 
     out_dtype = xp.result_type(U.dtype if M.kind == "dense" else M.dtype, g.dtype)
-    work = _backend.compute_dtype(xp, out_dtype, "g")
+    work = backend.compute_dtype(xp, out_dtype, "g")
     Ud = M.matmat(np.eye(n, dtype=M.dtype)) if M.kind == "operator" else M.data
     if Ud.dtype != work:
         Ud = xp.astype(Ud, work) if M.kind != "sparse" else Ud.astype(work)
@@ -152,9 +157,11 @@ def woodbury_solve(
             raise ValueError("U contains NaN or Inf entries (or its Gram U^T U overflows)")
     else:
         check_finite(xp, Ud.data if M.kind == "sparse" else Ud, "U")
-        SU = make_sketch(sketch, d, p, rng=rng) @ Ud
+        S = build_operator(sketch, d, p, normalize_rng(rng),
+                           role="sketch_size x p, p the rows of U")
+        SU = S @ Ud
         G = SU.T @ SU
-        gram_name = f"{sketch}({d})"
+        gram_name = describe(sketch, S)
     vector = rhs.ndim == 1
     R = rhs[:, None] if vector else rhs  # (p, k)
     H = Ud.T @ R  # (n, k)
@@ -176,7 +183,7 @@ def woodbury_solve(
         x = (R - Ud @ alpha) / lam0
     else:
         w, V = _clipped_eigh(xp, G)
-        lam_dev = _backend.from_host(lams, like=G, dtype=work)
+        lam_dev = backend.from_host(lams, like=G, dtype=work)
         nl, k = lams.size, H.shape[1]
         alpha = V @ ((V.T @ H)[None, ...] / (w[None, :, None] + lam_dev[:, None, None]))
         # One product U @ [alpha_1 ... alpha_L] (a sparse U cannot batch): (L, n, k) -> (n, L k)
@@ -198,7 +205,7 @@ def _check_lam(lam: Any) -> np.ndarray:
     if isinstance(lam, (bool, np.bool_)):
         raise TypeError("lam must be a positive number or a 1-D array of them, got bool")
     try:
-        arr = _backend.to_host(lam) if not isinstance(lam, (int, float, list, tuple, np.number)) \
+        arr = backend.to_host(lam) if not isinstance(lam, (int, float, list, tuple, np.number)) \
             else np.asarray(lam)
     except TypeError:
         raise TypeError(
@@ -221,7 +228,7 @@ def _clipped_eigh(xp: Any, G: Any) -> tuple[Any, Any]:
 
 
 def _eig_cond(w: Any, lams: Any) -> float:
-    wh = _backend.to_host(w).astype(np.float64)
+    wh = backend.to_host(w).astype(np.float64)
     if wh.size == 0:  # U with no columns: the solved matrix is lam I
         return 1.0
     return float(max((wh.max() + lam) / (wh.min() + lam) for lam in np.atleast_1d(lams)))

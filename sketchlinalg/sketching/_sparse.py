@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from .. import _backend
+from .. import backend
 from ._base import SketchingOperator
 
 
@@ -22,9 +22,9 @@ class SparseSketchingOperator(SketchingOperator):
     def _sparse(self, like: Any, transpose: bool = False) -> Any:
         d, m = self.shape
         if transpose:
-            return self._on("S.T", like, like.dtype, lambda: _backend.sparse_from_coo(
+            return self._on("S.T", like, like.dtype, lambda: backend.sparse_from_coo(
                 self.cols, self.rows, self.values, (m, d), like, like.dtype))
-        return self._on("S", like, like.dtype, lambda: _backend.sparse_from_coo(
+        return self._on("S", like, like.dtype, lambda: backend.sparse_from_coo(
             self.rows, self.cols, self.values, (d, m), like, like.dtype))
 
     def _apply(self, A: Any, xp: Any) -> Any:
