@@ -40,6 +40,12 @@ class SketchingOperator:
         self._cache: dict[tuple[str, str, str, str], Any] = {}
 
     # -- what each family provides -------------------------------------------------------
+    @staticmethod
+    def apply_flops(d: int, m: int, **options: Any) -> float:
+        """Flops (a multiply-add is 2) of applying a ``d x m`` operator of this family to one
+        column, from the shape alone: what cost models compare families by."""
+        raise NotImplementedError
+
     def _apply(self, A: Any, xp: Any) -> Any:
         """``S @ A`` for a dense 2-D ``A`` of shape ``(m, n)`` in a computation dtype."""
         raise NotImplementedError

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._rng import RNGLike
@@ -25,6 +27,10 @@ class CountSketch(SparseSketchingOperator):
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Source of randomness (SPEC 7).
     """
+
+    @staticmethod
+    def apply_flops(d: int, m: int, **options: Any) -> float:
+        return 2.0 * m  # one signed add per input entry
 
     def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)

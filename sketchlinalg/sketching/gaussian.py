@@ -28,6 +28,10 @@ class GaussianSketch(SketchingOperator):
         Source of randomness (SPEC 7); the matrix is drawn once, in float64, on the host.
     """
 
+    @staticmethod
+    def apply_flops(d: int, m: int, **options: Any) -> float:
+        return 2.0 * d * m  # a dense GEMV
+
     def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)
         self.matrix = self._rng.standard_normal((d, m))

@@ -29,6 +29,10 @@ class RowSampling(SketchingOperator):
         Source of randomness (SPEC 7).
     """
 
+    @staticmethod
+    def apply_flops(d: int, m: int, **options: Any) -> float:
+        return 2.0 * d  # d scaled picks
+
     def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)
         self.rows = np.sort(self._rng.choice(m, size=d, replace=False))

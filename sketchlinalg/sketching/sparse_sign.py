@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._rng import RNGLike
@@ -39,6 +41,10 @@ class SparseSign(SparseSketchingOperator):
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Source of randomness (SPEC 7).
     """
+
+    @staticmethod
+    def apply_flops(d: int, m: int, nnz: int = 8, **options: Any) -> float:
+        return 2.0 * min(nnz, d) * m  # nnz signed adds per input entry
 
     def __init__(self, d: int, m: int, nnz: int = 8, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)

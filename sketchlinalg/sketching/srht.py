@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import array_api_compat
@@ -75,6 +76,10 @@ class SRHT(SketchingOperator):
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Source of randomness (SPEC 7).
     """
+
+    @staticmethod
+    def apply_flops(d: int, m: int, **options: Any) -> float:
+        return 2.0 * m * max(1.0, math.log2(m)) + d  # the fast transform, then d picks
 
     def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)
