@@ -80,6 +80,22 @@ def leading(payload: Payload) -> int:
     return leading(payload[0]) if isinstance(payload, tuple) else int(payload.shape[0])
 
 
+def usable_samples(calls: list[Call], micro_batches: int) -> tuple[int, str]:
+    """``(N, "")``: the curvature samples of one layer's recorded calls (those that received
+    a gradient), each call holding one micro-batch of ``micro_batches``; or ``(0, why
+    not)``: ``"none"`` (nothing recorded), ``"inconsistent"`` (sample counts that differ, or
+    a second backward through a reduced call) or ``"accumulation"`` (not a multiple of
+    ``micro_batches`` calls)."""
+    calls = [c for c in calls if c.received]
+    if not calls:
+        return 0, "none"
+    if len({c.n for c in calls}) > 1 or any(c.failed for c in calls):
+        return 0, "inconsistent"
+    if len(calls) % micro_batches:
+        return 0, "accumulation"
+    return leading(calls[0].payload) * micro_batches, ""
+
+
 class Capture:
     """Records :class:`Call` s of the registered layers while ``active``.
 
@@ -130,14 +146,19 @@ class Capture:
 
         self.handles.append(helper.module.register_forward_hook(forward_hook))
 
-    def pop(self, name: str) -> tuple[list[Call], bool]:
-        """The calls of ``name`` that received a gradient, and whether they cannot be
-        combined (sample counts that disagree, or a second backward through a reduced call);
-        forgets them."""
+    def pop(self, name: str) -> list[Call]:
+        """The calls of ``name`` that received a gradient; forgets them."""
         calls = [c for c in self.calls[name] if c.received]
         self.handed_out.extend(self.calls[name])
         self.calls[name] = []
-        return calls, len({c.n for c in calls}) > 1 or any(c.failed for c in calls)
+        return calls
+
+    def forget(self, names: list[str]) -> None:
+        """Forget the calls of the layers ``names`` and free what they hold."""
+        for name in names:
+            self.handed_out.extend(self.calls[name])
+            self.calls[name] = []
+        self.release()
 
     def drop_completed(self) -> None:
         """Forget the calls whose backward has run (a step that was not taken), keeping those
@@ -156,12 +177,40 @@ class Capture:
     def reset(self) -> None:
         """Forget every call and free what it holds: the autograd graph, which the user may
         keep alive (e.g. through ``loss``), still references the calls through its hooks."""
-        for name in self.calls:
-            self.handed_out.extend(self.calls[name])
-            self.calls[name] = []
-        self.release()
+        self.forget(list(self.calls))
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+
+def merge_micro_batches(calls: list[Call], k: int) -> list[Any]:
+    """``(payload, grad)`` per call of one forward, each holding the samples of all ``k``
+    micro-batches (concatenated along the sample dimension)."""
+    c = len(calls) // k
+    return [(_cat_samples([_cast(calls[m * c + j].payload) for m in range(k)]),
+             _cat_samples([_cast(calls[m * c + j].grad) for m in range(k)]))
+            for j in range(c)]
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _cast(x: Any) -> Any:
+    if x is None:
+        return None
+    if isinstance(x, tuple):
+        return tuple(_cast(t) for t in x)
+    return x.to(work_dtype(x.dtype)) if x.is_floating_point() else x
+
+
+def _cat_samples(parts: list[Any]) -> Any:
+    """Concatenate payloads (tensors or tuples of tensors; None for the gradients of
+    reduced calls) along the sample dimension."""
+    if len(parts) == 1 or parts[0] is None:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(_cat_samples(list(p)) for p in zip(*parts, strict=True))
+    return torch.cat(parts)

@@ -11,35 +11,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from sketchlinalg._backend import all_finite
-from sketchlinalg._rng import RNGLike, normalize_rng
+from sketchlinalg.backend import RNGLike, all_finite, normalize_rng
 
 from . import _hyper
-from ._capture import Call, Capture, leading
-from .layers import HELPERS, LayerHelper, WeightBiasHelper, helper_for, match
-from .layers.func import FuncFallbackHelper
-from .routes import ROUTES, Curvature, PerSampleGrads
-from .routes.cost import choose_route
+from ._capture import Call, Capture, merge_micro_batches, usable_samples, work_dtype
+from ._registration import build_layers, uncovered_parameters
+from .comm import SINGLE_PROCESS, Communicator
+from .curvature import woodbury_directions
+from .layer import Layer
+from .layers import HELPERS
+from .routes import Route, make_route
 
 Damping = float | Callable[[int], float]
 UpdateFreq = int | Callable[[int], int]
-
-
-class _Layer:
-    """A registered module: its helper, its block's parameters and its stored curvature."""
-
-    def __init__(self, index: int, name: str, module: nn.Module, helper: LayerHelper,
-                 params: dict[str, nn.Parameter], route: str, sample_dim: int = 0) -> None:
-        self.index = index
-        self.sample_dim = sample_dim
-        self.name = name
-        self.module = module
-        self.helper = helper
-        self.params = params
-        self.route = route
-        self.curvature: Curvature | None = None
-        self.live: tuple[str, ...] = ()
-        self.needs_refresh = True
 
 
 class SENGPreconditioner:
@@ -98,7 +82,7 @@ class SENGPreconditioner:
         ``S_out (x) S_in`` for linear and convolution weights); ``U^T g`` and ``U alpha`` stay
         exact. ``"auto"``: a cost model (flops from the captured shapes) picks exact,
         CountSketch or low-rank per layer and curvature update (see
-        :func:`seng.routes.cost.choose_route`); the choice is in :meth:`layer_info`.
+        :func:`seng.cost.choose_route`); the choice is in :meth:`layer_info`.
     sketch_size : int
         Coordinates of a layer block kept by the sketch (``s*s`` for the paper's sample
         size ``s``). Default 16384 (``s = 128``).
@@ -119,7 +103,7 @@ class SENGPreconditioner:
         Per-layer route override, keyed by module or module name: ``"exact"``, ``"auto"``,
         a sketch family, or ``"lowrank"`` (Linear and convolution layers: each per-sample
         gradient ``G_i^T A_i`` truncated to rank ``lowrank_rank`` by a randomized SVD, see
-        :func:`seng.routes.lowrank.build`).
+        :class:`seng.routes.LowRankRoute`).
     solve_dtype : torch.dtype
         dtype of the ``N x N`` Cholesky solve (float64 or float32); factors and products
         use the parameters' dtype (float32 for half precision).
@@ -158,6 +142,11 @@ class SENGPreconditioner:
         :meth:`uncovered_parameters`) is an error (``ValueError``). When False (default),
         they are listed with the reason in one warning at construction; ``fallback=
         "torch.func"`` gives them curvature.
+    comm : seng.comm.Communicator or None
+        How the step runs across processes: None (one process), or a
+        :class:`seng.comm.LocalComm` / :class:`seng.comm.GlobalComm` on
+        ``torch.distributed`` (what :class:`seng.distributed.DistributedSENGPreconditioner`
+        passes).
 
     Notes
     -----
@@ -202,6 +191,7 @@ class SENGPreconditioner:
         accumulation_steps: int = 1,
         strict: bool = False,
         sample_dim: int | Mapping[nn.Module | str, int] | None = None,
+        comm: Communicator | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -238,7 +228,9 @@ class SENGPreconditioner:
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
         self.model = model
-        self._layers = self._register(model, routes, sample_dim)
+        default = "exact" if self.sketch is None else self.sketch
+        self._layers = build_layers(model, routes, sample_dim, default, self._route,
+                                    self.fallback)
         if not self._layers:
             names = ", ".join(sorted(t.__name__ for t in HELPERS))
             raise ValueError(f"model has no supported layer with parameters (supported: {names})")
@@ -263,72 +255,16 @@ class SENGPreconditioner:
         for layer in self._layers:
             self._capture.register(layer.name, layer.helper, layer.params, layer.sample_dim)
         self._capture.active = True
+        if comm is not None and not isinstance(comm, Communicator):
+            raise TypeError(f"comm must be a seng.comm.Communicator or None, got "
+                            f"{type(comm).__name__}")
+        self.comm = SINGLE_PROCESS if comm is None else comm
+        self.comm.attach(self)
+        self._seed = self.comm.shared_seed(self._seed)
 
-    # -- registration ----------------------------------------------------------------------
-    def _register(self, model: nn.Module, routes: Mapping[Any, str] | None,
-                  sample_dim: Any) -> list[_Layer]:
-        owners: dict[int, int] = {}
-        for m in model.modules():
-            for p in m._parameters.values():
-                if p is not None:
-                    owners[id(p)] = owners.get(id(p), 0) + 1
-        overrides = self._check_routes(model, routes)
-        dims = _sample_dims(model, sample_dim)
-        default = "exact" if self.sketch is None else self.sketch
-        layers = []
-        functional = _functional_children(model)
-        for name, module in model.named_modules():
-            helper = None if id(module) in functional else helper_for(module)
-            if helper is None:
-                continue
-            params = {n: getattr(module, n) for n in helper.param_names}
-            params = {n: p for n, p in params.items()
-                      if isinstance(p, nn.Parameter) and owners[id(p)] == 1}
-            if params:
-                route = overrides.get(name, overrides.get(id(module), default))
-                if route == "lowrank" and not isinstance(helper, WeightBiasHelper):
-                    raise ValueError(f"Invalid route value for {name}: 'lowrank' applies to "
-                                     f"Linear and convolution layers, not {type(module).__name__}")
-                if route == "exact":  # helpers may then reduce calls in the backward hook
-                    helper.exact_params = tuple(params)
-                dim = dims.get(id(module), 0)
-                if dim and not helper.any_sample_dim:
-                    if isinstance(sample_dim, int):
-                        dim = 0  # the module itself fixes its samples first (convolutions)
-                    else:
-                        raise ValueError(f"Invalid sample_dim for {name!r}: {dim} "
-                                         f"({type(module).__name__} takes its samples in "
-                                         "dimension 0)")
-                layers.append(_Layer(len(layers), name, module, helper, params, route, dim))
-        if self.fallback is not None:
-            handled = {id(p) for layer in layers for p in layer.params.values()}
-            rest = {n: p for n, p in model.named_parameters() if id(p) not in handled}
-            if rest:
-                helper = FuncFallbackHelper(model, tuple(rest))
-                layers.append(_Layer(len(layers), "(torch.func)", model, helper, rest, default))
-        return layers
-
-    @staticmethod
-    def _check_routes(model: nn.Module, routes: Mapping[Any, str] | None) -> dict[Any, str]:
-        if routes is None:
-            return {}
-        if not isinstance(routes, Mapping):
-            raise TypeError(f"routes must be a dict {{module or name: route}}, "
-                            f"got {type(routes).__name__}")
-        modules = dict(model.named_modules())
-        ids = {id(m) for m in modules.values()}
-        out: dict[Any, str] = {}
-        for key, route in routes.items():
-            if isinstance(key, str):
-                if key not in modules:
-                    raise ValueError(f"Invalid routes key: no module named {key!r} in model")
-                out[key] = _hyper.check_route(route, key)
-            elif isinstance(key, nn.Module) and id(key) in ids:
-                out[id(key)] = _hyper.check_route(route, type(key).__name__)
-            else:
-                raise ValueError(f"Invalid routes key: {key!r} is not a module of model "
-                                 "nor a module name")
-        return out
+    def _route(self, name: str) -> Route:
+        return make_route(name, solve_dtype=self.solve_dtype, sketch_size=self.sketch_size,
+                          lowrank_rank=self.lowrank_rank)
 
     # -- public API ------------------------------------------------------------------------
     @property
@@ -337,22 +273,71 @@ class SENGPreconditioner:
         return self._step
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self) -> bool:
         """Replace ``p.grad`` of every parameter with a gradient by its preconditioned value
-        (in place) and advance the step counter."""
+        (in place) and advance the step counter.
+
+        Returns True when the step is applied; False when it is skipped (across processes:
+        a NaN/Inf on some rank, see :mod:`seng.distributed`), in which case every ``p.grad``
+        is set to None so that ``opt.step()`` changes nothing.
+        """
         grads = {p: p.grad for p in self.model.parameters() if p.grad is not None}
-        for p, d in self.precondition(grads).items():
-            p.grad.copy_(d)
+        out = self.precondition(grads)
+        if out is None:
+            for p in self.model.parameters():
+                p.grad = None
+            return False
+        for p, d in out.items():
+            if p.grad is None:
+                p.grad = d.clone()
+            else:
+                p.grad.copy_(d)
+        return True
 
     @torch.no_grad()
     def precondition(
         self, grads: Mapping[torch.Tensor, torch.Tensor]
-    ) -> dict[torch.Tensor, torch.Tensor]:
+    ) -> dict[torch.Tensor, torch.Tensor] | None:
         """The preconditioned directions of ``grads`` (``{parameter: gradient}``), without
         touching ``p.grad``; advances the step counter like :meth:`step`.
 
         Parameters missing from the result are left as they were (non-finite gradients).
+        With a communicator the call is a collective and the directions are the reduced
+        ones, identical on every rank; None when the step is skipped on every rank.
         """
+        if self.comm is not SINGLE_PROCESS:
+            known = {id(p) for p in self._trainable()}
+            for p in grads:
+                if id(p) not in known:
+                    raise ValueError("grads has a key that is not a trainable parameter of "
+                                     "model")
+        return self.comm.precondition(self, grads, self._local_step)
+
+    # -- what the communicator uses (seng.comm.Host) ---------------------------------------
+    def _trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _capture_counts(self) -> list[tuple[str, int]] | None:
+        if not self._capture.active:
+            return None
+        return [(layer.name, usable_samples(self._capture.calls[layer.name],
+                                            self.accumulation_steps)[0])
+                for layer in self._layers]
+
+    def _forget_capture(self, names: Any = None) -> None:
+        if names is None:
+            self._capture.reset()
+        else:
+            self._capture.forget(names)
+
+    def _refresh_interval(self) -> int:
+        return _hyper.update_freq_at(self.update_freq, self._step)
+
+    def _local_step(
+        self, grads: Mapping[torch.Tensor, torch.Tensor]
+    ) -> dict[torch.Tensor, torch.Tensor]:
+        """The step on this process's gradients and curvature (the communicator reduces
+        before or after it)."""
         k = self._step
         # Evaluate the schedules first: a bad value raises before any state changes.
         damping = _hyper.damping_at(self.damping, k)
@@ -360,13 +345,13 @@ class SENGPreconditioner:
         next_freq = _hyper.update_freq_at(self.update_freq, k + 1)
         self._check_sample_counts()
         out: dict[torch.Tensor, torch.Tensor] = {}
-        deferred: list[tuple[_Layer, torch.Tensor, tuple[str, ...], dict[str, Any]]] = []
+        sharded: list[tuple[Layer, torch.Tensor, tuple[str, ...], dict[str, Any]]] = []
         handled: set[int] = set()
         for layer in self._layers:
             self._capture.release()  # the previous layer's calls: free them as we go
             handled.update(id(p) for p in layer.params.values())
-            calls, inconsistent = self._capture.pop(layer.name)
-            live = tuple(n for n, p in layer.params.items() if p.requires_grad and p in grads)
+            calls = self._capture.pop(layer.name)
+            live = layer.live_in(grads)
             if not live:
                 continue
             named = {n: grads[layer.params[n]] for n in live}
@@ -376,20 +361,18 @@ class SENGPreconditioner:
                             "its gradient is left untouched and its curvature not updated")
                 continue
             if refresh or layer.needs_refresh:
-                self._refresh(layer, calls, inconsistent, live, k)
-            work = block.to(_work_dtype(block.dtype))
-            if self._defer(layer, live):
-                deferred.append((layer, work, live, named))
+                self._refresh(layer, calls, live, k)
+            work = block.to(work_dtype(block.dtype))
+            if layer.covers(live) and layer.curvature.sharded:
+                sharded.append((layer, work, live, named))  # one collective for all, below
                 continue
-            d = self._direction(layer, work, live, damping)
-            for n, t in layer.helper.block_to_grads(d, live).items():
-                out[layer.params[n]] = t.to(named[n].dtype)
-        if deferred:
-            layers, blocks, _, _ = zip(*deferred, strict=True)
-            directions = self._deferred_directions(list(layers), list(blocks), damping)
-            for (layer, _, live, named), d in zip(deferred, directions, strict=True):
-                for n, t in layer.helper.block_to_grads(d, live).items():
-                    out[layer.params[n]] = t.to(named[n].dtype)
+            self._set(out, layer, live, named,
+                      self._directions([layer], [work], [live], damping)[0])
+        if sharded:
+            layers, blocks, lives, nameds = (list(z) for z in zip(*sharded, strict=True))
+            for layer, live, named, d in zip(layers, lives, nameds, self._directions(
+                    layers, blocks, lives, damping), strict=True):
+                self._set(out, layer, live, named, d)
         for p, g in grads.items():
             values = g.coalesce().values() if g.is_sparse else g
             if id(p) not in handled and all_finite(values):
@@ -402,6 +385,29 @@ class SENGPreconditioner:
         self._capture.active = self._capture_due(k + 1, next_freq)
         return out
 
+    @staticmethod
+    def _set(out: dict[torch.Tensor, torch.Tensor], layer: Layer, live: tuple[str, ...],
+             named: dict[str, torch.Tensor], d: torch.Tensor) -> None:
+        for n, t in layer.helper.block_to_grads(d, live).items():
+            out[layer.params[n]] = t.to(named[n].dtype)
+
+    def _directions(self, layers: list[Layer], blocks: list[torch.Tensor],
+                    lives: list[tuple[str, ...]], damping: float) -> list[torch.Tensor]:
+        """Each layer's direction: the Woodbury step where its curvature covers the block
+        of ``live`` (a non-finite result drops the curvature), the damped gradient
+        otherwise."""
+        covered = [i for i, (layer, live) in enumerate(zip(layers, lives, strict=True))
+                   if layer.covers(live)]
+        out = list(blocks)
+        solved = woodbury_directions([layers[i].curvature for i in covered],
+                                     [blocks[i] for i in covered], damping, self._relative,
+                                     self.comm) if covered else []
+        for i, (d, fallback) in zip(covered, solved, strict=True):
+            out[i] = self._accept(layers[i], d, fallback, blocks[i], damping)
+        for i, layer in enumerate(layers):
+            if i not in covered:
+                out[i] = self._missing(layer, blocks[i], damping)
+        return out
     @torch.no_grad()
     def curvature_quadratic(self, vectors: Mapping[torch.Tensor, torch.Tensor]) -> float:
         """``v^T U U^T v = ||U^T v||^2`` summed over the layers with a stored curvature
@@ -414,7 +420,7 @@ class SENGPreconditioner:
             if any(layer.params[n] not in vectors for n in layer.live):
                 continue
             block = layer.helper.grads_to_block({n: vectors[layer.params[n]] for n in layer.live})
-            v = layer.curvature.store.rmatvec(block.to(_work_dtype(block.dtype)))
+            v = layer.curvature.store.rmatvec(block.to(work_dtype(block.dtype)))
             total += float(v.double().square().sum())
         return total
 
@@ -440,69 +446,34 @@ class SENGPreconditioner:
         self._capture.remove()
 
     # -- curvature -------------------------------------------------------------------------
-    def _refresh(self, layer: _Layer, calls: list[Call], inconsistent: bool,
-                 live: tuple[str, ...], k: int) -> None:
-        if inconsistent:
+    def _refresh(self, layer: Layer, calls: list[Call], live: tuple[str, ...], k: int) -> None:
+        samples, why = usable_samples(calls, self.accumulation_steps)
+        if why == "inconsistent":
             self._warn(f"inconsistent:{layer.name}", f"layer {layer.name!r}: its captured "
                        "calls cannot be combined (inputs with different leading (sample) "
                        "dimensions in one step, or a second backward through a forward whose "
                        "capture was already reduced); its curvature is not updated this step")
+        if why == "accumulation":
+            self._warn(f"accumulation:{layer.name}", f"layer {layer.name!r} was called "
+                       f"{len(calls)} times in a step of accumulation_steps="
+                       f"{self.accumulation_steps} micro-batches (not a multiple); its "
+                       "curvature is not updated this step")
+        if not samples:
             return
-        if not calls:
-            return
-        work = self._micro_batches_merged(layer, calls)
-        if work is None:
-            return
+        comm = self.comm.bind(layer.name)
         n = calls[0].n * self.accumulation_steps
-        nc = self._curvature_samples(layer, leading(work[0][0]))
-        scale = (n if self.loss_reduction == "mean" else 1.0) / math.sqrt(nc)
+        scale = (n if self.loss_reduction == "mean" else 1.0) / math.sqrt(
+            comm.total_samples(samples))
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             scale /= float(self.grad_scaler.get_scale())  # hooks saw the scaled loss
-        rep = self._gather_samples(layer, layer.helper.per_sample(work, live, scale))
-        route, costs = layer.route, {}
-        if route == "auto":
-            route, costs = choose_route(rep, self.sketch_size, self.lowrank_rank)
-        build = ROUTES.get(route, ROUTES["sketched"])  # sketch families share one route
-        curvature = build(rep, kind=route, size=self.sketch_size, rng=self._rng(k, layer.index + 1),
-                          solve_dtype=self.solve_dtype, rank=self.lowrank_rank)
-        if not all_finite(curvature.gram):
+        work = merge_micro_batches(calls, self.accumulation_steps)
+        if not layer.refresh(work, live, scale, self._rng(k, layer.index + 1), comm, k):
             self._count("skipped_updates", f"NaN/Inf in the curvature of layer {layer.name!r}: "
                         "update skipped, the last good curvature is kept")
             return
-        curvature.info.update(costs, step=k, samples=rep.n)
-        layer.curvature, layer.live = curvature, live
         self.counters["curvature_updates"] += 1
 
-    def _micro_batches_merged(self, layer: _Layer, calls: list[Call]) -> list[Any] | None:
-        """``(payload, grad)`` per call of one forward, each holding the samples of all
-        ``accumulation_steps`` micro-batches (concatenated along the sample dimension);
-        None, with a warning, when the calls do not split into that many forwards."""
-        k = self.accumulation_steps
-        if len(calls) % k:
-            self._warn(f"accumulation:{layer.name}", f"layer {layer.name!r} was called "
-                       f"{len(calls)} times in a step of accumulation_steps={k} micro-batches "
-                       "(not a multiple); its curvature is not updated this step")
-            return None
-        c = len(calls) // k
-        return [(_cat_samples([_cast(calls[m * c + j].payload) for m in range(k)]),
-                 _cat_samples([_cast(calls[m * c + j].grad) for m in range(k)]))
-                for j in range(c)]
-
-    def _curvature_samples(self, layer: _Layer, local: int) -> int:
-        """``N`` of ``U = [...] / sqrt(N)`` for ``local`` captured samples: ``local`` here;
-        the data-parallel subclass counts every rank's."""
-        return local
-
-    def _gather_samples(self, layer: _Layer, rep: PerSampleGrads) -> PerSampleGrads:
-        """The per-sample gradients of the whole curvature batch: ``rep`` itself here; the
-        data-parallel subclass (:mod:`seng.distributed`) gathers them from every rank."""
-        return rep
-
-    def _direction(self, layer: _Layer, block: torch.Tensor, live: tuple[str, ...],
-                   damping: float) -> torch.Tensor:
-        if layer.curvature is not None and layer.live == live:
-            d, fallback = layer.curvature.direction(block, damping, self._relative)
-            return self._accept(layer, d, fallback, block, damping)
+    def _missing(self, layer: Layer, block: torch.Tensor, damping: float) -> torch.Tensor:
         self._count("missing_curvature", f"layer {layer.name!r} has a gradient but no "
                     "curvature (nothing captured: eval mode, no_grad, or a new set of "
                     "trainable parameters); it gets the damped gradient until the next "
@@ -510,7 +481,7 @@ class SENGPreconditioner:
         layer.needs_refresh = True
         return self._without_curvature(block, damping)
 
-    def _accept(self, layer: _Layer, d: torch.Tensor, fallback: bool, block: torch.Tensor,
+    def _accept(self, layer: Layer, d: torch.Tensor, fallback: bool, block: torch.Tensor,
                 damping: float) -> torch.Tensor:
         """``d``, the direction from ``layer``'s curvature, if finite; otherwise drop the
         curvature and return the damped gradient."""
@@ -523,8 +494,7 @@ class SENGPreconditioner:
             return d
         self._count("skipped_updates", f"NaN/Inf in the direction of layer {layer.name!r}: "
                     "its curvature is dropped and refreshed on the next step")
-        layer.curvature = None
-        layer.needs_refresh = True
+        layer.drop()
         return self._without_curvature(block, damping)
 
     @property
@@ -536,16 +506,6 @@ class SENGPreconditioner:
         rule: ``U U^T`` taken as ``I``), or ``g damping / (1 + damping)`` (relative rule:
         ``U U^T`` taken as ``s I``)."""
         return g * (damping / (1.0 + damping)) if self._relative else g / (1.0 + damping)
-
-    def _defer(self, layer: _Layer, live: tuple[str, ...]) -> bool:
-        """Whether ``layer``'s direction is left to :meth:`_deferred_directions`, computed
-        for all such layers together after the others (the data-parallel subclass batches
-        their collectives)."""
-        return False
-
-    def _deferred_directions(self, layers: list[_Layer], blocks: list[torch.Tensor],
-                             damping: float) -> list[torch.Tensor]:
-        raise NotImplementedError
 
     def _refresh_due(self, k: int, last: int | None, freq: int | None = None) -> bool:
         if last is None:
@@ -594,17 +554,7 @@ class SENGPreconditioner:
         """One dict per registered layer: ``name``, ``type``, ``params`` (block members),
         ``numel``, ``route`` (setting), ``last`` (info of the stored curvature: route used,
         Gram method, storage, cost-model flops, step, samples) and ``memory_bytes`` held."""
-        rows = []
-        for layer in self._layers:
-            c = layer.curvature
-            rows.append({
-                "name": layer.name, "type": type(layer.module).__name__,
-                "params": list(layer.params),
-                "numel": sum(p.numel() for p in layer.params.values()),
-                "route": layer.route, "last": None if c is None else dict(c.info),
-                "memory_bytes": 0 if c is None else c.nbytes,
-            })
-        return rows
+        return [layer.info() for layer in self._layers]
 
     def unsupported_parameters(self) -> list[str]:
         """Names of the trainable parameters without curvature (damped gradient only)."""
@@ -614,24 +564,7 @@ class SENGPreconditioner:
         """``{name: why}`` for each trainable parameter without curvature (it gets the
         damped gradient only): shared by several modules, or owned by a module that has no
         helper (its type, or a subclass with its own forward)."""
-        handled = {id(p) for layer in self._layers for p in layer.params.values()}
-        functional = _functional_children(self.model)
-        owners: dict[int, list[nn.Module]] = {}
-        for m in self.model.modules():
-            for p in m._parameters.values():
-                if p is not None:
-                    owners.setdefault(id(p), []).append(m)
-        out = {}
-        for n, p in self.model.named_parameters():  # each parameter once, by its first name
-            if not p.requires_grad or id(p) in handled:
-                continue
-            users = owners[id(p)]
-            if len(users) > 1:
-                out[n] = f"shared by {len(users)} modules"
-            else:
-                out[n] = (functional.get(id(users[0])) or match(type(users[0]))[1]
-                          or "not in its helper's block")
-        return out
+        return uncovered_parameters(self.model, self._layers)
 
     def report(self) -> str:
         """A table of the registered layers, their routes and the memory they hold."""
@@ -665,10 +598,8 @@ class SENGPreconditioner:
         return {
             "step": self._step, "last_update": self._last_update, "seed": self._seed,
             "counters": dict(self.counters),
-            "layers": {layer.name: {
-                "curvature": None if layer.curvature is None else layer.curvature.state_dict(),
-                "live": list(layer.live), "needs_refresh": layer.needs_refresh,
-            } for layer in self._layers},
+            "layers": {layer.name: layer.state_dict() for layer in self._layers},
+            **self.comm.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -683,82 +614,13 @@ class SENGPreconditioner:
             raise ValueError(f"state has layers {sorted(state['layers'])}, the model has "
                              f"{sorted(names)}")
         for layer in self._layers:
-            s = state["layers"][layer.name]
-            device = next(iter(layer.params.values())).device
-            c = s["curvature"]
-            layer.curvature = None if c is None else Curvature.from_state(c, device)
-            layer.live = tuple(s["live"])
-            layer.needs_refresh = bool(s["needs_refresh"])
+            layer.load_state_dict(state["layers"][layer.name])
         self._step = int(state["step"])
         self._last_update = None if state["last_update"] is None else int(state["last_update"])
         self._seed = int(state["seed"])
-        self.counters = dict(state["counters"])
+        self.counters = {**{k: 0 for k in self.counters}, **state["counters"]}
         self._capture.reset()
         self._capture.active = self._capture_due(self._step)
-
-
-def _sample_dims(model: nn.Module, sample_dim: Any) -> dict[int, int]:
-    """``{id(module): dimension of its input holding the samples}`` (absent: 0): given for
-    every module (an int), per module or module name (a mapping; the rest inferred), or
-    inferred (None): 1 inside ``nn.TransformerEncoderLayer``/``DecoderLayer`` built with
-    ``batch_first=False``, the only layout whose sample dimension is certain from the
-    module alone."""
-    if isinstance(sample_dim, int) and not isinstance(sample_dim, bool):
-        if sample_dim < 0:
-            raise ValueError(f"Invalid sample_dim value: {sample_dim} (must be an int >= 0, "
-                             "a dict {module or name: int >= 0}, or None)")
-        return {id(m): sample_dim for m in model.modules()}
-    inferred = {}
-    for m in model.modules():
-        if (isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
-                and not m.self_attn.batch_first):
-            inferred.update((id(sub), 1) for sub in m.modules())
-    if sample_dim is None:
-        return inferred
-    if not isinstance(sample_dim, Mapping):
-        raise TypeError(f"sample_dim must be an int, a dict {{module or name: int}} or None, "
-                        f"got {type(sample_dim).__name__}")
-    modules = dict(model.named_modules())
-    for key, dim in sample_dim.items():
-        module = modules.get(key) if isinstance(key, str) else key
-        if not any(module is m for m in modules.values()):
-            raise ValueError(f"Invalid sample_dim key: {key!r} is not a module of model nor a "
-                             "module name")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-            raise ValueError(f"Invalid sample_dim value for {key!r}: {dim!r} (must be an "
-                             "int >= 0)")
-        inferred[id(module)] = dim
-    return inferred
-
-
-def _functional_children(model: nn.Module) -> dict[int, str]:
-    """``{id(module): why}`` for supported modules whose parent uses their parameters
-    without calling them (hooks would never see a call): ``nn.MultiheadAttention``'s
-    ``out_proj``."""
-    return {id(m.out_proj): "used functionally by nn.MultiheadAttention (its forward is "
-            "not called)" for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _cast(x: Any) -> Any:
-    if x is None:
-        return None
-    if isinstance(x, tuple):
-        return tuple(_cast(t) for t in x)
-    return x.to(_work_dtype(x.dtype)) if x.is_floating_point() else x
-
-
-def _cat_samples(parts: list[Any]) -> Any:
-    """Concatenate payloads (tensors or tuples of tensors; None for the gradients of
-    reduced calls) along the sample dimension."""
-    if len(parts) == 1 or parts[0] is None:
-        return parts[0]
-    if isinstance(parts[0], tuple):
-        return tuple(_cat_samples(list(p)) for p in zip(*parts, strict=True))
-    return torch.cat(parts)
 
 
 def _mib(nbytes: int) -> str:

@@ -13,7 +13,7 @@ from torch import nn
 
 from helpers import assert_close
 from seng.layers import helper_for
-from seng.routes.persample import KroneckerFactors
+from seng.persample import KroneckerFactors
 
 CONVS = [
     lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2, padding_mode="circular"),

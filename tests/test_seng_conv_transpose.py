@@ -15,7 +15,7 @@ from torch.func import functional_call, vjp, vmap
 from helpers import assert_close
 from seng import SENGPreconditioner
 from seng.layers import ConvTransposeHelper, helper_for
-from seng.routes.persample import KroneckerFactors
+from seng.persample import KroneckerFactors
 
 pytestmark = pytest.mark.usefixtures("float64")
 

@@ -22,7 +22,8 @@ from torch import nn
 
 from helpers import assert_close
 from seng import SENG, SENGPreconditioner
-from seng.routes import Curvature, DenseGrads
+from seng.curvature import Curvature
+from seng.persample import DenseGrads
 
 pytestmark = pytest.mark.usefixtures("float64")
 

@@ -15,7 +15,7 @@ from torch.func import functional_call, grad, vmap
 
 from helpers import assert_close
 from seng import SENGPreconditioner
-from seng.routes.persample import KroneckerFactors
+from seng.persample import KroneckerFactors
 
 DAMPING = 0.3
 
@@ -334,9 +334,9 @@ def test_unsupported_parameters_get_damped_gradient():
 def test_gram_methods_agree(method, positions, da, dg, monkeypatch):
     """Both Gram methods (and the chunked Kronecker loop) give the dense U^T U; the
     products through either factor (and the one-position path) give U g and U^T alpha."""
-    import seng.routes.persample as persample
+    import seng.cost as cost
 
-    monkeypatch.setattr(persample, "GRAM_CHUNK_ELEMENTS", 50)  # forces several row chunks
+    monkeypatch.setattr(cost, "GRAM_CHUNK_ELEMENTS", 50)  # forces several row chunks
     rng = np.random.default_rng(0)
     A = torch.from_numpy(rng.standard_normal((6, 2, positions, da)))
     G = torch.from_numpy(rng.standard_normal((6, 2, positions, dg)))

@@ -20,12 +20,11 @@ from seng_oracle import (
 )
 from torch import nn
 
-import seng.routes.lowrank as lowrank
+import seng.cost as lowrank_cost
 from helpers import assert_close
 from seng import SENGPreconditioner
-from seng.routes import ROUTES
-from seng.routes.cost import choose_route
-from seng.routes.persample import KroneckerFactors
+from seng.persample import KroneckerFactors
+from seng.routes import AutoRoute, ExactRoute, LowRankRoute
 
 DAMPING = 0.3
 
@@ -51,8 +50,7 @@ def per_sample(rep):
 
 
 def build(rep, rank, seed=0):
-    return ROUTES["lowrank"](rep, rank=rank, rng=np.random.default_rng(seed),
-                             solve_dtype=torch.float64)
+    return LowRankRoute(torch.float64, rank).build(rep, np.random.default_rng(seed))
 
 
 def gram_of(W):
@@ -73,11 +71,11 @@ EXACT_CASES = [
 @pytest.mark.parametrize(("n", "g", "t", "da", "dg", "inner", "rank", "svd"), EXACT_CASES)
 def test_equals_exact_route_when_rank_reaches_true_rank(n, g, t, da, dg, inner, rank, svd,
                                                         monkeypatch):
-    monkeypatch.setattr(lowrank, "RSVD_CALL_FLOPS", 0.0)
+    monkeypatch.setattr(lowrank_cost, "RSVD_CALL_FLOPS", 0.0)
     rep = factors(n, g, t, da, dg, inner)
     low = build(rep, rank)
     assert low.info["svd"] == svd
-    exact = ROUTES["exact"](rep, solve_dtype=torch.float64)
+    exact = ExactRoute(torch.float64).build(rep)
     W = per_sample(rep)
     scale = float(W.square().sum(dim=(1, 2, 3)).max())
     # Entries of W_i are sums of T products; the truncation rounds at ~sqrt(len) eps relative.
@@ -104,7 +102,7 @@ def test_truncation_matches_svd_oracle_and_bounds(n, g, t, da, dg, rank, svd, mo
     # For rsvd, l = k + OVERSAMPLE reaches past the sharp decay (0.6 per position, and
     # power iterations): Q holds the leading k-dimensional subspace to rounding, so the
     # truncation is the SVD's.
-    monkeypatch.setattr(lowrank, "RSVD_CALL_FLOPS", 0.0)
+    monkeypatch.setattr(lowrank_cost, "RSVD_CALL_FLOPS", 0.0)
     low = build(rep, rank)
     assert low.info["svd"] == svd and low.info["rank"] == rank
     W = per_sample(rep)
@@ -130,9 +128,9 @@ def test_randomized_truncation_within_hmt_bound(monkeypatch):
     per sample ``||W - W_hat||_F >= tail`` (Eckart-Young) and, on average over samples,
     ``<= (1 + sqrt(1 + k / (o - 1))) tail`` (HMT 2011, Thm 9.3 with Thm 10.5, Gaussian test
     matrix, oversampling o)."""
-    monkeypatch.setattr(lowrank, "POWER_ITERS", 0)
-    monkeypatch.setattr(lowrank, "OVERSAMPLE", 4)
-    monkeypatch.setattr(lowrank, "RSVD_CALL_FLOPS", 0.0)  # the randomized path is taken
+    monkeypatch.setattr(lowrank_cost, "POWER_ITERS", 0)
+    monkeypatch.setattr(lowrank_cost, "OVERSAMPLE", 4)
+    monkeypatch.setattr(lowrank_cost, "RSVD_CALL_FLOPS", 0.0)  # the randomized path is taken
     n, k, o = 32, 3, 4
     rep = factors(n, 1, 40, 40, 40)  # full rank 40 per sample, flat spectrum
     low = build(rep, k, seed=5)
@@ -208,11 +206,11 @@ def test_cost_model_picks_lowrank_for_a_large_conv():
     small convolution stays exact; without a rank, CountSketch is the approximation."""
     t, da, dg = 16, 64 * 9 + 1, 64
     big = KroneckerFactors(torch.zeros(128, 1, t, da), torch.zeros(128, 1, t, dg))
-    route, costs = choose_route(big, 16384, 4)
-    assert route == "lowrank" and costs["lowrank_flops"] < 0.5 * costs["exact_flops"]
-    assert choose_route(big, 16384)[0] == "countsketch"
+    route, costs = AutoRoute(torch.float64, 16384, 4).choose(big)
+    assert route.name == "lowrank" and costs["lowrank_flops"] < 0.5 * costs["exact_flops"]
+    assert AutoRoute(torch.float64, 16384, None).choose(big)[0].name == "countsketch"
     small = KroneckerFactors(torch.zeros(8, 1, 4, 10), torch.zeros(8, 1, 4, 3))
-    assert choose_route(small, 16384, 2)[0] == "exact"
+    assert AutoRoute(torch.float64, 16384, 2).choose(small)[0].name == "exact"
 
 
 def test_auto_route_visible_in_report():

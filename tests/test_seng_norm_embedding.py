@@ -22,12 +22,12 @@ from seng_oracle import (
 )
 from torch import nn
 
-import seng.layers.embedding as embedding_module
+import seng.cost as embedding_cost
 from helpers import assert_close
 from seng import SENGPreconditioner
 from seng.layers import helper_for
-from seng.layers.embedding import EmbeddingGrads
-from seng.routes import ROUTES
+from seng.persample import EmbeddingGrads
+from seng.routes import ExactRoute
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -148,7 +148,7 @@ def test_batchnorm_eval_against_per_sample_oracle(n, reduction):
         # u_i sums <= 25 products per channel.
         assert_close(rep.rows, rows / math.sqrt(n), factor=4 * 25)
         g = {k: g_ref[f"{name}.{k}"] for k in ("weight", "bias")}
-        curvature = ROUTES["exact"](rep, solve_dtype=torch.float64)
+        curvature = ExactRoute(torch.float64).build(rep)
         d, _ = curvature.direction(helper.grads_to_block(g), DAMPING)
         got = torch.cat([t.reshape(-1) for t in helper.block_to_grads(d, ("weight",
                                                                           "bias")).values()])
@@ -213,7 +213,7 @@ def embedding_case(n=6, t=4, v=5, d=3, seed=0):
 
 @pytest.mark.parametrize("method", ["pairs", "rows"])
 def test_embedding_gram_methods_and_products(method, monkeypatch):
-    monkeypatch.setattr(embedding_module, "GRAM_CHUNK_ELEMENTS", 40)  # several row chunks
+    monkeypatch.setattr(embedding_cost, "GRAM_CHUNK_ELEMENTS", 40)  # several row chunks
     rep, U = embedding_case()
     gram, used = rep.gram(method)
     assert used == method

@@ -11,7 +11,7 @@ from torch import nn
 
 from helpers import assert_close
 from seng import SENG, SENGPreconditioner
-from seng.routes import ROUTES
+from seng.routes import ExactRoute
 
 
 def mlp(seed=0, dtype=torch.float32):
@@ -204,7 +204,7 @@ def test_half_precision_model(dtype):
     for layer, recorded in zip(ref_pre._layers, calls.values(), strict=True):
         params = layer.params
         rep = layer.helper.per_sample(recorded, tuple(params), 10 / 10**0.5)
-        curv = ROUTES["exact"](rep, solve_dtype=torch.float64)
+        curv = ExactRoute(torch.float64).build(rep)
         names = list(params)
         block = layer.helper.grads_to_block({n: g[f"{layer.name}.{n}"] for n in names})
         d = curv.direction(block, 1.0)[0]

@@ -11,7 +11,7 @@ from torch import nn
 import sketchlinalg as sl
 from helpers import assert_close
 from seng import SENGPreconditioner
-from seng.routes.persample import DenseGrads, KroneckerFactors
+from seng.persample import DenseGrads, KroneckerFactors
 
 KINDS = list(sl.KINDS)
 

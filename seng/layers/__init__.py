@@ -29,10 +29,12 @@ def register(helper: type[LayerHelper]) -> type[LayerHelper]:
     return helper
 
 
-def helper_for(module: nn.Module) -> LayerHelper | None:
-    """A helper for ``module``, or None when it is not supported (see :func:`match`)."""
+def helper_for(module: nn.Module,
+               exact_params: tuple[str, ...] | None = None) -> LayerHelper | None:
+    """A helper for ``module`` (``exact_params``: see :class:`LayerHelper`), or None when it
+    is not supported (see :func:`match`)."""
     base, reason = match(type(module))
-    return None if reason else HELPERS[base](module)
+    return None if reason else HELPERS[base](module, exact_params)
 
 
 def match(cls: type[nn.Module]) -> tuple[type[nn.Module] | None, str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..routes.persample import DenseGrads
+from ..persample import DenseGrads
 from .base import LayerHelper
 
 
@@ -23,7 +23,7 @@ class AffineNormHelper(LayerHelper):
     summed over the positions ``p`` that share the affine parameters (pixels for
     ``BatchNorm``/``GroupNorm``, leading token dimensions for ``LayerNorm``). The block layout
     is ``(live parameters, numel(weight))``; the per-sample gradients are small and stored
-    densely (:class:`~seng.routes.persample.DenseGrads`).
+    densely (:class:`~seng.persample.DenseGrads`).
 
     Subclasses provide :meth:`normalized` (``\hat x`` as ``(N, P, D)``) and :meth:`positions`
     (a tensor shaped like the output as ``(N, P, D)``, ``D = numel(weight)``).

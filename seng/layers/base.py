@@ -15,11 +15,11 @@ type in the user's model:
 2. in ``step()``, hands every recorded call ``(payload, grad_output)`` of the module (or
    ``(stand-in, None)`` where :meth:`LayerHelper.reduce` replaced the pair in the backward
    hook) to :meth:`LayerHelper.per_sample`, which returns the per-sample gradients of the layer's
-   block as a :class:`~seng.routes.persample.PerSampleGrads` (a compact representation of
+   block as a :class:`~seng.persample.PerSampleGrads` (a compact representation of
    ``U = [grad l_1, ..., grad l_N] / sqrt(N)``: Kronecker factors, a dense matrix, or a
    new representation class of your own);
 3. maps the parameters' gradients to the block layout of that representation with
-   :meth:`LayerHelper.grads_to_block`, lets a route (``seng/routes``) precondition the
+   :meth:`LayerHelper.grads_to_block`, lets a route (:mod:`seng.routes`) precondition the
    block, and maps the result back with :meth:`LayerHelper.block_to_grads`.
 
 A module called several times in one forward gives one recorded call per use; the
@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..routes.persample import PerSampleGrads
+from ..persample import PerSampleGrads
 
 Payload = Any  # a tensor or a tuple of tensors, sample dimension first
 
@@ -48,6 +48,9 @@ class LayerHelper:
     ----------
     module : torch.nn.Module
         The module (of one of ``module_types``) this helper serves.
+    exact_params : tuple of str or None
+        The block's parameters when the layer's route is exact: :meth:`reduce` may then
+        form the exact compact per-sample gradients in the backward hook.
     """
 
     #: The module types served (and their subclasses that keep the forward).
@@ -57,12 +60,15 @@ class LayerHelper:
     #: Whether the samples may sit in any dimension of the input (a layer that treats the
     #: other leading dimensions as positions); False where the module fixes them first.
     any_sample_dim: ClassVar[bool] = False
-    #: The block's parameters when the layer's route is exact (set by the preconditioner;
-    #: None otherwise): :meth:`reduce` may then form the exact compact per-sample gradients.
-    exact_params: tuple[str, ...] | None = None
-
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, exact_params: tuple[str, ...] | None = None) -> None:
         self.module = module
+        #: The block's parameters when the layer's route is exact (None otherwise).
+        self.exact_params = exact_params
+
+    @classmethod
+    def block_param_names(cls, module: nn.Module) -> tuple[str, ...]:
+        """The attribute names of ``module``'s parameters this helper can precondition."""
+        return cls.param_names
 
     def capture_forward(self, inputs: tuple[Any, ...], output: Any) -> Payload:
         """What to keep from one forward call (detached, sample dimension first)."""
@@ -80,7 +86,9 @@ class LayerHelper:
         """Optional: a compact stand-in for one call's ``(payload, grad_output)``, computed in
         the backward hook as soon as the gradient arrives, so that the hooks hold it instead
         of the input and output gradient until ``step()``. :meth:`per_sample` then receives
-        ``(stand-in, None)`` for that call. None (the default) keeps the pair."""
+        ``(stand-in, None)`` for that call. None (the default) keeps the pair. On an exact
+        route (:attr:`exact_params` set) the stand-in may be the exact compact per-sample
+        gradients."""
         return None
 
     def per_sample(

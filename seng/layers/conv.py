@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torch.nn.grad
 from torch import nn
 
-from ..routes.persample import DenseGrads, KroneckerFactors, dense_is_compact
+from ..persample import DenseGrads, KroneckerFactors, dense_is_compact
 from .affine import work_float
 from .base import WeightBiasHelper
 
@@ -31,8 +31,8 @@ class ConvHelper(WeightBiasHelper):
 
     module_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__(module)
+    def __init__(self, module: nn.Module, exact_params: tuple[str, ...] | None = None) -> None:
+        super().__init__(module, exact_params)
         self.groups = module.groups
         self.spatial = len(module.kernel_size)
 
@@ -72,9 +72,10 @@ class ConvHelper(WeightBiasHelper):
     def reduce(self, payload: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor | None:
         """On the exact route, when the dense per-sample gradients are the compact form
         (``d_a d_g <= T (d_a + d_g)``, the rule of
-        :meth:`~seng.routes.persample.KroneckerFactors.compact`): those gradients,
-        ``(N, groups, C_out/groups, d_a)`` for the block's parameters, formed in the backward
-        hook so that the input and output gradient need not be held until ``step()``."""
+        :meth:`~seng.persample.KroneckerFactors.compact`): those gradients,
+        ``(N, groups, C_out/groups, d_a)`` for the block's parameters ``exact_params``,
+        formed in the backward hook so that the input and output gradient need not be held
+        until ``step()``."""
         if self.exact_params is None:
             return None
         dg = self.module.out_channels // self.groups

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 
-from ..routes.persample import DenseGrads
+from ..persample import DenseGrads
 from .base import LayerHelper
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..routes.persample import KroneckerFactors
+from ..persample import KroneckerFactors
 from .base import WeightBiasHelper
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -45,17 +47,8 @@ class Curvature:
     def direction(self, g: torch.Tensor, damping: float,
                   relative: bool = False) -> tuple[torch.Tensor, bool]:
         """``(d, whether the Cholesky fallback was used)``: ``d = (U U^T + damping I)^{-1} g``,
-        or the relative rule's direction when ``relative``.
-
-        The small system is factored by :func:`sketchlinalg.damped_gram_factor` (Cholesky,
-        or the clipped eigendecomposition when Cholesky fails) and reused while its damping
-        is unchanged.
-        """
-        lam = self.system_damping(damping, relative)
-        factor, fallback = self.factor(lam)
-        v = self.store.rmatvec(g).to(self.gram.dtype)
-        alpha = factor.solve(v).to(g.dtype)
-        return woodbury_direction(g, self.store.matvec(alpha), lam, relative), fallback
+        or the relative rule's direction when ``relative`` (see :func:`woodbury_directions`)."""
+        return woodbury_directions([self], [g], damping, relative)[0]
 
     @property
     def scale(self) -> float:
@@ -71,6 +64,12 @@ class Curvature:
             return damping * self.scale
         return damping
 
+    @property
+    def sharded(self) -> bool:
+        """Whether ``store`` holds this process's samples only (see
+        :class:`~seng.persample.ShardedGrads`)."""
+        return self.store.sharded
+
     def factor(self, damping: float) -> tuple[sl.DampedGramFactor, bool]:
         """The factorization of ``gram + damping I`` (cached while ``damping`` is unchanged)
         and whether it was computed now by the eigendecomposition fallback."""
@@ -84,13 +83,65 @@ class Curvature:
     def nbytes(self) -> int:
         return self.store.nbytes + self.gram.numel() * self.gram.element_size()
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any] | None:
+        """The stored curvature, or None for a sharded one (one process's part of ``U``)."""
+        if self.sharded:
+            return None
         return {"store": self.store.state_dict(), "gram": self.gram, "info": dict(self.info)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> Curvature:
         store = from_state(state["store"], device)
         return cls(store, state["gram"].to(device), dict(state["info"]))
+
+
+class Completion(Protocol):
+    """Completes the partial products of sharded stores (a communicator, :mod:`seng.comm`)."""
+
+    def gather_rmatvecs(self, stores: Sequence[Any],
+                        parts: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
+
+    def reduce_matvecs(self, parts: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
+
+
+def woodbury_directions(
+    curvatures: Sequence[Curvature], blocks: Sequence[torch.Tensor], damping: float,
+    relative: bool, completion: Completion | None = None,
+) -> list[tuple[torch.Tensor, bool]]:
+    r"""The SENG direction of each layer, ``(d, whether the Cholesky fallback ran)``:
+
+    .. math:: \alpha = (U^T U + \lambda I)^{-1} U^T g, \qquad
+              d = (g - U \alpha) / \lambda \;\; (\text{relative rule: } g - U \alpha),
+
+    with ``lambda`` each layer's :meth:`Curvature.system_damping`. The one place the
+    Woodbury step is written: for a sharded ``U`` (some curvatures' stores hold this
+    process's samples only) ``completion`` turns the partial ``U_r^T g`` and ``U_r alpha_r``
+    of all of them into the full products with one collective each.
+    """
+    lams = [c.system_damping(damping, relative) for c in curvatures]
+    factors = [c.factor(lam) for c, lam in zip(curvatures, lams, strict=True)]
+    sharded = [i for i, c in enumerate(curvatures) if c.sharded]
+    if sharded and completion is None:
+        raise ValueError("a sharded curvature needs a completion (its communicator)")
+    # Sharded products travel in one buffer, in the blocks' common dtype.
+    common = functools.reduce(torch.promote_types, [blocks[i].dtype for i in sharded],
+                              blocks[0].dtype)
+    v = [c.store.rmatvec(b) for c, b in zip(curvatures, blocks, strict=True)]
+    if sharded:
+        full = completion.gather_rmatvecs([curvatures[i].store for i in sharded],
+                                          [v[i].to(common) for i in sharded])
+        for i, vi in zip(sharded, full, strict=True):
+            v[i] = vi
+    u_alpha = []
+    for c, (factor, _), b, vi in zip(curvatures, factors, blocks, v, strict=True):
+        alpha = factor.solve(vi.to(c.gram.dtype)).to(b.dtype)
+        u_alpha.append(c.store.matvec(alpha))
+    if sharded:
+        full = completion.reduce_matvecs([u_alpha[i].to(common) for i in sharded])
+        for i, ua in zip(sharded, full, strict=True):
+            u_alpha[i] = ua
+    return [(woodbury_direction(b, ua.reshape(b.shape).to(b.dtype), lam, relative), fb)
+            for b, ua, lam, (_, fb) in zip(blocks, u_alpha, lams, factors, strict=True)]
 
 
 def woodbury_direction(g: torch.Tensor, u_alpha: torch.Tensor, lam: float,

@@ -3,22 +3,23 @@
 Each representation provides the three products the SENG step needs, the Gram
 ``U^T U`` (N x N), ``U^T g`` and ``U alpha``, plus a sketch of the parameter dimension, so
 that routes never need to know how a layer stores its factors. A new layer type or route
-adds a representation here (and to :data:`REPRESENTATIONS`, for ``state_dict``).
+adds a class here and to :data:`REPRESENTATIONS` (which rebuilds them from ``state_dict``).
+Layer helpers (:mod:`seng.layers`) build them; routes (:mod:`seng.routes`) consume them;
+their costs come from :mod:`seng.cost`.
 """
 
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
 
 import sketchlinalg as sl
 
+from . import cost
 from .cost import choose_gram_method
-
-#: Largest number of elements of a temporary the Kronecker Gram builds at once.
-GRAM_CHUNK_ELEMENTS = 2**24
 
 
 class PerSampleGrads:
@@ -31,6 +32,9 @@ class PerSampleGrads:
     kind: ClassVar[str]
     n: int
     block_shape: tuple[int, ...]
+    #: Whether this process holds only some samples' columns of ``U``
+    #: (:class:`ShardedGrads`): its products are then partial, completed by a communicator.
+    sharded: ClassVar[bool] = False
 
     def gram(self, method: str | None = None) -> tuple[torch.Tensor, str]:
         """``(U^T U, method used)`` in the factors' dtype."""
@@ -39,6 +43,10 @@ class PerSampleGrads:
     def gram_costs(self) -> dict[str, tuple[float, float]]:
         """``{method: (flops, bytes of temporaries)}`` of each way to build the Gram."""
         raise NotImplementedError
+
+    def gram_flops(self) -> float:
+        """Flops of :meth:`gram` by the method it picks."""
+        return cost.cheapest_flops(self.gram_costs())
 
     def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
         """``U^T g`` (shape ``(n,)``) for ``g`` in block layout."""
@@ -97,8 +105,7 @@ class DenseGrads(PerSampleGrads):
         return self.rows @ self.rows.T, "dense"
 
     def gram_costs(self) -> dict[str, tuple[float, float]]:
-        n, p = self.rows.shape
-        return {"dense": (2.0 * n * n * p, 0.0)}
+        return cost.dense_gram_costs(*self.rows.shape)
 
     def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
         return self.rows @ g.reshape(-1)
@@ -120,7 +127,7 @@ class DenseGrads(PerSampleGrads):
         n, p = self.rows.shape
         if size >= p:
             return 2.0 * n * n * p
-        return n * _apply_flops(kind, size, p) + 2.0 * n * n * size
+        return n * cost.sketch_apply_flops(kind, size, p) + 2.0 * n * n * size
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"rows": self.rows}
@@ -157,8 +164,8 @@ class KroneckerFactors(PerSampleGrads):
 
     # -- Gram ------------------------------------------------------------------------------
     def gram_costs(self) -> dict[str, tuple[float, float]]:
-        return _kron_gram_costs(self.n, self.groups, self.positions, self.da, self.dg,
-                                self.G.element_size())
+        return cost.kron_gram_costs(self.n, self.groups, self.positions, self.da, self.dg,
+                                    self.G.element_size())
 
     def gram(self, method: str | None = None) -> tuple[torch.Tensor, str]:
         if method is None:
@@ -171,7 +178,7 @@ class KroneckerFactors(PerSampleGrads):
         Ag = self.A.transpose(0, 1).reshape(g, n * t, self.da)
         Gg = self.G.transpose(0, 1).reshape(g, n * t, self.dg)
         out = self.A.new_empty((n, n))
-        rows = max(1, GRAM_CHUNK_ELEMENTS // max(1, g * t * n * t))
+        rows = max(1, cost.GRAM_CHUNK_ELEMENTS // max(1, g * t * n * t))
         for i0 in range(0, n, rows):
             i1 = min(n, i0 + rows)
             KA = Ag[:, i0 * t:i1 * t] @ Ag.transpose(1, 2)
@@ -216,13 +223,7 @@ class KroneckerFactors(PerSampleGrads):
     def sketch_dims(self, size: int) -> tuple[int, int]:
         """Rows ``(s_out, s_in)`` of the Kronecker sketch ``S_out (x) S_in`` keeping about
         ``size`` coordinates of the whole block (``size // groups`` per group)."""
-        per_group = max(1, size // self.groups)
-        s = max(1, math.isqrt(per_group))
-        if self.dg <= s:
-            return self.dg, min(self.da, max(1, per_group // self.dg))
-        if self.da <= s:
-            return min(self.dg, max(1, per_group // self.da)), self.da
-        return s, s
+        return cost.kron_sketch_dims(size, self.groups, self.da, self.dg)
 
     def sketch(self, kind: str, size: int, rng: Any) -> PerSampleGrads:
         # S vec(G^T A) = vec((S_out G^T)(S_in A^T)^T): sketch each factor along its features.
@@ -243,12 +244,16 @@ class KroneckerFactors(PerSampleGrads):
         rows = self.n * self.groups * self.positions
         flops = 0.0
         if s_in < self.da:
-            flops += rows * _apply_flops(kind, s_in, self.da)
+            flops += rows * cost.sketch_apply_flops(kind, s_in, self.da)
         if s_out < self.dg:
-            flops += rows * _apply_flops(kind, s_out, self.dg)
-        costs = _kron_gram_costs(self.n, self.groups, self.positions, s_in, s_out,
-                                 self.G.element_size())
-        return flops + costs[choose_gram_method(costs)][0]
+            flops += rows * cost.sketch_apply_flops(kind, s_out, self.dg)
+        return flops + cost.cheapest_flops(cost.kron_gram_costs(
+            self.n, self.groups, self.positions, s_in, s_out, self.G.element_size()))
+
+    def lowrank_flops(self, rank: int) -> float | None:
+        """Flops of the low-rank route at ``rank`` (None where it truncates nothing)."""
+        return cost.lowrank_flops(self.n, self.groups, self.positions, self.da, self.dg,
+                                  rank, self.G.element_size())
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"A": self.A, "G": self.G}
@@ -270,30 +275,175 @@ def _make_sketch(kind: str, d: int, m: int, rng: Any) -> sl.SketchingOperator:
     return sl.sketch(kind, d, m, rng=rng, **options)
 
 
-def _kron_gram_costs(
-    n: int, g: int, t: int, da: int, dg: int, item: int
-) -> dict[str, tuple[float, float]]:
-    """``{method: (flops, temporary bytes)}`` of the Gram of Kronecker factors."""
-    kron = 2.0 * g * n * n * t * t * (da + dg + 1)
-    dense = 2.0 * (g * n * t * da * dg + n * n * g * da * dg)
-    return {"kronecker": (kron, 2.0 * min(g * n * n * t * t, GRAM_CHUNK_ELEMENTS) * item),
-            "dense": (dense, float(n * g * da * dg * item))}
+class EmbeddingGrads(PerSampleGrads):
+    r"""Per-sample gradients of an embedding table ``W`` (``V x D``) from token indices.
+
+    Sample ``i`` looks up the rows ``idx_{i1}, ..., idx_{iT}`` and receives the output
+    gradients ``g_{i1}, ..., g_{iT}`` (already scaled), so its gradient is the sparse
+    ``V x D`` matrix :math:`u_i = \sum_t e_{idx_{it}} g_{it}^T` (a token used twice gets
+    the sum). Its Gram entries never need the ``V``-sized matrix:
+
+    .. math:: \langle u_i, u_j \rangle
+              = \sum_{t,s} [idx_{it} = idx_{js}]\, g_{it}^T g_{js}
+
+    (method ``"pairs"``, ``O(N^2 T^2 D)``), or, with the ``u <= min(V, NT)`` distinct tokens
+    of the batch, the dense Gram of the per-sample gradients restricted to those rows
+    (method ``"rows"``, ``O(N^2 u D)``). ``U^T g`` gathers rows of ``g`` and ``U alpha``
+    scatter-adds into a ``V x D`` block.
+    """
+
+    kind = "embedding"
+
+    def __init__(self, idx: torch.Tensor, G: torch.Tensor, num_embeddings: int) -> None:
+        if idx.shape != G.shape[:2]:
+            raise ValueError(f"index and gradient shapes disagree: {tuple(idx.shape)}, "
+                             f"{tuple(G.shape)}")
+        self.idx, self.G = idx, G
+        self.n, self.positions, self.dim = G.shape
+        self.block_shape = (int(num_embeddings), self.dim)
+
+    @cached_property
+    def _used(self) -> tuple[int, torch.Tensor]:
+        """Number ``u`` of distinct tokens and each token's position among them."""
+        uniq, inverse = torch.unique(self.idx, return_inverse=True)
+        return uniq.numel(), inverse
+
+    # -- Gram ------------------------------------------------------------------------------
+    def gram_costs(self) -> dict[str, tuple[float, float]]:
+        return cost.embedding_gram_costs(self.n, self.positions, self.dim, self._used[0],
+                                         self.G.element_size())
+
+    def gram(self, method: str | None = None) -> tuple[torch.Tensor, str]:
+        if method is None:
+            method = choose_gram_method(self.gram_costs())
+        if method == "rows":
+            Y = self._rows()
+            return Y @ Y.T, "rows"
+        if method != "pairs":
+            raise ValueError(f"unknown Gram method {method!r}; valid: 'pairs', 'rows'")
+        n, t = self.n, self.positions
+        G = self.G.reshape(n * t, self.dim)
+        idx = self.idx.reshape(n * t)
+        out = G.new_empty((n, n))
+        rows = max(1, cost.GRAM_CHUNK_ELEMENTS // max(1, t * n * t))
+        for i0 in range(0, n, rows):
+            i1 = min(n, i0 + rows)
+            K = G[i0 * t:i1 * t] @ G.T
+            K = K * (idx[i0 * t:i1 * t, None] == idx[None, :])
+            out[i0:i1] = K.reshape(i1 - i0, t, n, t).sum(dim=(1, 3))
+        return out, "pairs"
+
+    def _rows(self) -> torch.Tensor:
+        """``(N, u * D)``: each sample's gradient on the ``u`` rows used by the batch."""
+        u, inverse = self._used
+        n = self.n
+        slot = (torch.arange(n, device=self.idx.device)[:, None] * u + inverse).reshape(-1)
+        Y = self.G.new_zeros((n * u, self.dim))
+        Y.index_add_(0, slot, self.G.reshape(-1, self.dim))
+        return Y.reshape(n, u * self.dim)
+
+    # -- products --------------------------------------------------------------------------
+    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
+        return (self.G * g[self.idx]).sum(dim=(1, 2))
+
+    def matvec(self, alpha: torch.Tensor) -> torch.Tensor:
+        out = self.G.new_zeros(self.block_shape)
+        out.index_add_(0, self.idx.reshape(-1),
+                       (self.G * alpha.reshape(-1, 1, 1)).reshape(-1, self.dim))
+        return out
+
+    def apply_flops(self) -> float:
+        return 4.0 * self.n * self.positions * self.dim
+
+    def to_dense(self) -> DenseGrads:
+        n, (v, d) = self.n, self.block_shape
+        slot = (torch.arange(n, device=self.idx.device)[:, None] * v + self.idx).reshape(-1)
+        Y = self.G.new_zeros((n * v, d))
+        Y.index_add_(0, slot, self.G.reshape(-1, d))
+        return DenseGrads(Y.reshape(n, v * d), self.block_shape)
+
+    def compact(self) -> PerSampleGrads:
+        v, d = self.block_shape
+        return self.to_dense() if v * d <= self.positions * (d + 1) else self
+
+    # -- sketch ----------------------------------------------------------------------------
+    def sketch_dims(self, size: int) -> tuple[int, int]:
+        """Rows ``(s_out, s_in)`` of ``S_out (x) S_in`` on the ``(D, V)`` sides."""
+        v, d = self.block_shape
+        s = max(1, math.isqrt(size))
+        if d <= s:
+            return d, min(v, max(1, size // d))
+        if v <= s:
+            return min(d, max(1, size // v)), v
+        return s, s
+
+    def sketch(self, kind: str, size: int, rng: Any) -> PerSampleGrads:
+        # S vec(u_i) with S = S_out (x) S_in: the one-hot rows e_idx become columns
+        # S_in[:, idx] and g_it becomes S_out g_it, so the result is Kronecker factors with
+        # the tokens as positions. E[S^T S] = I as for the Kronecker sketch of a Linear.
+        v, d = self.block_shape
+        s_out, s_in = self.sketch_dims(size)
+        seeds = rng.integers(0, 2**63, size=2)
+        G = self.G
+        if s_out < d:
+            S_out = _make_sketch(kind, s_out, d, int(seeds[1]))
+            G = (G.reshape(-1, d) @ S_out.T).reshape(self.n, self.positions, s_out)
+        if s_in >= v:
+            return EmbeddingGrads(self.idx, G, v)
+        S_in = _make_sketch(kind, s_in, v, int(seeds[0]))
+        A = S_in.to_dense(like=G).T[self.idx]  # (N, T, s_in)
+        return KroneckerFactors(A[:, None], G[:, None])
+
+    def sketch_flops(self, kind: str, size: int) -> float:
+        v, d = self.block_shape
+        s_out, s_in = self.sketch_dims(size)
+        rows = self.n * self.positions
+        flops = rows * cost.sketch_apply_flops(kind, s_out, d) if s_out < d else 0.0
+        if s_in >= v:
+            return flops + EmbeddingGrads(self.idx, self.G[..., :s_out], v).gram_flops()
+        return flops + s_in * v + rows * s_in + cost.cheapest_flops(cost.kron_gram_costs(
+            self.n, 1, self.positions, s_in, s_out, self.G.element_size()))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"idx": self.idx, "G": self.G}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EmbeddingGrads:
+        return cls(state["idx"].to(device), state["G"].to(device), state["block_shape"][0])
 
 
-def _apply_flops(kind: str, d: int, m: int) -> float:
-    """Flops per column of applying a ``d x m`` sketch of family ``kind``."""
-    if kind == "gaussian":
-        return 2.0 * d * m
-    if kind == "srht":
-        return 2.0 * m * max(1.0, math.log2(m)) + d
-    if kind == "sparse_sign":
-        return 2.0 * 8 * m
-    return 2.0 * m  # countsketch, sampling: one pass
+class ShardedGrads(PerSampleGrads):
+    r"""``U = [U_0, \dots, U_{W-1}]`` split by samples over ``W`` processes, with only this
+    process's block ``U_r`` (``local``, samples ``offset .. offset + n_r``) held here.
+
+    :meth:`rmatvec` gives the partial ``U_r^T g`` and :meth:`matvec` the partial
+    ``U_r \alpha_r``; a communicator (:mod:`seng.comm`) completes them, for all sharded
+    layers in one collective each. Not saved by ``state_dict`` (it holds one rank's part).
+    """
+
+    sharded = True
+
+    def __init__(self, local: PerSampleGrads, sizes: list[int], rank: int) -> None:
+        self.local, self.sizes = local, list(sizes)
+        self.kind = "sharded-" + local.kind  # type: ignore[misc]
+        self.n = sum(sizes)
+        self.block_shape = local.block_shape
+        self.offset = sum(sizes[:rank])
+
+    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
+        return self.local.rmatvec(g)
+
+    def matvec(self, alpha: torch.Tensor) -> torch.Tensor:
+        return self.local.matvec(alpha[self.offset:self.offset + self.local.n])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self.local.tensors()
 
 
 REPRESENTATIONS: dict[str, type[PerSampleGrads]] = {
     DenseGrads.kind: DenseGrads,
     KroneckerFactors.kind: KroneckerFactors,
+    EmbeddingGrads.kind: EmbeddingGrads,
 }
 
 

@@ -1,0 +1,151 @@
+"""Which modules of a model SENG preconditions: helpers matched, parameters owned, routes
+and sample dimensions given or inferred, and what is left uncovered and why."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+from . import _hyper
+from .layer import Layer
+from .layers import HELPERS, WeightBiasHelper, match
+from .layers.func import FuncFallbackHelper
+from .routes import Route
+
+
+def build_layers(model: nn.Module, routes: Mapping[Any, str] | None, sample_dim: Any,
+                 default: str, make: Callable[[str], Route],
+                 fallback: str | None) -> list[Layer]:
+    """One :class:`~seng.layer.Layer` per module with a helper and parameters of its own
+    (a parameter shared by several modules is left out), with its route (``routes``
+    override per module or name, else ``default``; ``make`` builds the route object) and
+    sample dimension; plus the ``torch.func`` block of the rest when ``fallback`` is set."""
+    owners: dict[int, int] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners[id(p)] = owners.get(id(p), 0) + 1
+    overrides = check_routes(model, routes)
+    dims = sample_dims(model, sample_dim)
+    layers = []
+    functional = functional_children(model)
+    for name, module in model.named_modules():
+        base, reason = match(type(module))
+        if reason or id(module) in functional:
+            continue
+        cls = HELPERS[base]
+        params = {n: getattr(module, n) for n in cls.block_param_names(module)}
+        params = {n: p for n, p in params.items()
+                  if isinstance(p, nn.Parameter) and owners[id(p)] == 1}
+        if not params:
+            continue
+        route = make(overrides.get(name, overrides.get(id(module), default)))
+        if route.name == "lowrank" and not issubclass(cls, WeightBiasHelper):
+            raise ValueError(f"Invalid route value for {name}: 'lowrank' applies to "
+                             f"Linear and convolution layers, not {type(module).__name__}")
+        # On the exact route a helper may reduce each call in the backward hook.
+        helper = cls(module, tuple(params) if route.exact else None)
+        dim = dims.get(id(module), 0)
+        if dim and not helper.any_sample_dim:
+            if isinstance(sample_dim, int):
+                dim = 0  # the module itself fixes its samples first (convolutions)
+            else:
+                raise ValueError(f"Invalid sample_dim for {name!r}: {dim} "
+                                 f"({type(module).__name__} takes its samples in "
+                                 "dimension 0)")
+        layers.append(Layer(len(layers), name, module, helper, params, route, dim))
+    if fallback is not None:
+        handled = {id(p) for layer in layers for p in layer.params.values()}
+        rest = {n: p for n, p in model.named_parameters() if id(p) not in handled}
+        if rest:
+            helper = FuncFallbackHelper(model, tuple(rest))
+            layers.append(Layer(len(layers), "(torch.func)", model, helper, rest,
+                                make(default)))
+    return layers
+
+def check_routes(model: nn.Module, routes: Mapping[Any, str] | None) -> dict[Any, str]:
+    if routes is None:
+        return {}
+    if not isinstance(routes, Mapping):
+        raise TypeError(f"routes must be a dict {{module or name: route}}, "
+                        f"got {type(routes).__name__}")
+    modules = dict(model.named_modules())
+    ids = {id(m) for m in modules.values()}
+    out: dict[Any, str] = {}
+    for key, route in routes.items():
+        if isinstance(key, str):
+            if key not in modules:
+                raise ValueError(f"Invalid routes key: no module named {key!r} in model")
+            out[key] = _hyper.check_route(route, key)
+        elif isinstance(key, nn.Module) and id(key) in ids:
+            out[id(key)] = _hyper.check_route(route, type(key).__name__)
+        else:
+            raise ValueError(f"Invalid routes key: {key!r} is not a module of model "
+                             "nor a module name")
+    return out
+
+
+def uncovered_parameters(model: nn.Module, layers: list[Layer]) -> dict[str, str]:
+    """``{name: why}`` for each trainable parameter of ``model`` outside ``layers``."""
+    handled = {id(p) for layer in layers for p in layer.params.values()}
+    functional = functional_children(model)
+    owners: dict[int, list[nn.Module]] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(m)
+    out = {}
+    for n, p in model.named_parameters():  # each parameter once, by its first name
+        if not p.requires_grad or id(p) in handled:
+            continue
+        users = owners[id(p)]
+        if len(users) > 1:
+            out[n] = f"shared by {len(users)} modules"
+        else:
+            out[n] = (functional.get(id(users[0])) or match(type(users[0]))[1]
+                      or "not in its helper's block")
+    return out
+
+
+def sample_dims(model: nn.Module, sample_dim: Any) -> dict[int, int]:
+    """``{id(module): dimension of its input holding the samples}`` (absent: 0): given for
+    every module (an int), per module or module name (a mapping; the rest inferred), or
+    inferred (None): 1 inside ``nn.TransformerEncoderLayer``/``DecoderLayer`` built with
+    ``batch_first=False``, the only layout whose sample dimension is certain from the
+    module alone."""
+    if isinstance(sample_dim, int) and not isinstance(sample_dim, bool):
+        if sample_dim < 0:
+            raise ValueError(f"Invalid sample_dim value: {sample_dim} (must be an int >= 0, "
+                             "a dict {module or name: int >= 0}, or None)")
+        return {id(m): sample_dim for m in model.modules()}
+    inferred = {}
+    for m in model.modules():
+        if (isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+                and not m.self_attn.batch_first):
+            inferred.update((id(sub), 1) for sub in m.modules())
+    if sample_dim is None:
+        return inferred
+    if not isinstance(sample_dim, Mapping):
+        raise TypeError(f"sample_dim must be an int, a dict {{module or name: int}} or None, "
+                        f"got {type(sample_dim).__name__}")
+    modules = dict(model.named_modules())
+    for key, dim in sample_dim.items():
+        module = modules.get(key) if isinstance(key, str) else key
+        if not any(module is m for m in modules.values()):
+            raise ValueError(f"Invalid sample_dim key: {key!r} is not a module of model nor a "
+                             "module name")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+            raise ValueError(f"Invalid sample_dim value for {key!r}: {dim!r} (must be an "
+                             "int >= 0)")
+        inferred[id(module)] = dim
+    return inferred
+
+
+def functional_children(model: nn.Module) -> dict[int, str]:
+    """``{id(module): why}`` for supported modules whose parent uses their parameters
+    without calling them (hooks would never see a call): ``nn.MultiheadAttention``'s
+    ``out_proj``."""
+    return {id(m.out_proj): "used functionally by nn.MultiheadAttention (its forward is "
+            "not called)" for m in model.modules() if isinstance(m, nn.MultiheadAttention)}

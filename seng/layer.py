@@ -1,0 +1,88 @@
+"""``Layer``: one preconditioned block, owning its curvature from refresh to state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from sketchlinalg.backend import all_finite
+
+from .comm import Communicator
+from .curvature import Curvature
+from .layers import LayerHelper
+from .routes import Route
+
+
+class Layer:
+    """A registered module (or the ``torch.func`` fallback block): its helper, its block's
+    parameters, its route and the curvature of its last refresh.
+
+    ``live`` names the parameters the stored curvature covers; a step whose trainable set
+    differs has no curvature for the layer until the next refresh (``needs_refresh``).
+    """
+
+    def __init__(self, index: int, name: str, module: nn.Module, helper: LayerHelper,
+                 params: dict[str, nn.Parameter], route: Route, sample_dim: int = 0) -> None:
+        self.index = index
+        self.name = name
+        self.module = module
+        self.helper = helper
+        self.params = params
+        self.route = route
+        self.sample_dim = sample_dim
+        self.curvature: Curvature | None = None
+        self.live: tuple[str, ...] = ()
+        self.needs_refresh = True
+
+    def live_in(self, grads: Any) -> tuple[str, ...]:
+        """The block's parameters that are trainable and have a gradient in ``grads``."""
+        return tuple(n for n, p in self.params.items() if p.requires_grad and p in grads)
+
+    def covers(self, live: tuple[str, ...]) -> bool:
+        """Whether the stored curvature preconditions the block of ``live``."""
+        return self.curvature is not None and self.live == live
+
+    def refresh(self, work: list[Any], live: tuple[str, ...], scale: float,
+                rng: np.random.Generator, comm: Communicator, step: int) -> bool:
+        """Build the curvature of step ``step`` from ``work`` (``(payload, grad)`` per call,
+        the samples of every micro-batch) with the signal ``scale``, by the layer's route;
+        False (the last good curvature kept) when it is not finite."""
+        rep = self.helper.per_sample(work, live, scale)
+        curvature = self.route.build(rep, rng, comm)
+        if not all_finite(curvature.gram):
+            return False
+        curvature.info.update(step=step, samples=curvature.gram.shape[0])
+        self.curvature, self.live = curvature, live
+        return True
+
+    def drop(self) -> None:
+        """Forget the curvature (a non-finite direction): refresh at the next step."""
+        self.curvature = None
+        self.needs_refresh = True
+
+    def info(self) -> dict[str, Any]:
+        """The row of :meth:`seng.SENGPreconditioner.layer_info`."""
+        c = self.curvature
+        return {
+            "name": self.name, "type": type(self.module).__name__,
+            "params": list(self.params),
+            "numel": sum(p.numel() for p in self.params.values()),
+            "route": self.route.name, "last": None if c is None else dict(c.info),
+            "memory_bytes": 0 if c is None else c.nbytes,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The curvature (None for a sharded one, which then refreshes after loading)."""
+        state = None if self.curvature is None else self.curvature.state_dict()
+        return {"curvature": state, "live": list(self.live),
+                "needs_refresh": self.needs_refresh or (
+                    self.curvature is not None and state is None)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = next(iter(self.params.values())).device
+        c = state["curvature"]
+        self.curvature = None if c is None else Curvature.from_state(c, device)
+        self.live = tuple(state["live"])
+        self.needs_refresh = bool(state["needs_refresh"])
