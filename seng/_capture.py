@@ -36,7 +36,9 @@ class Call:
         if self.received:
             if self.reduced:  # the input is gone: a second backward cannot be reduced
                 self.failed = True
-            else:  # a second backward through the same graph adds to the first (as p.grad)
+            elif isinstance(grad, tuple):  # a second backward adds to the first (as p.grad)
+                self.grad = tuple(a + b for a, b in zip(self.grad, grad, strict=True))
+            else:
                 self.grad = self.grad + grad
             return
         stand_in = None if self.reduce is None else self.reduce(self.payload, grad)
@@ -69,6 +71,23 @@ def hooked_tensor(target: torch.Tensor) -> torch.Tensor:
             and base.is_contiguous()):
         return base
     return target
+
+
+def _hook_outputs(targets: tuple[torch.Tensor, ...],
+                  record: Callable[[tuple[torch.Tensor, ...]], None]) -> None:
+    """Call ``record`` with the gradients of all ``targets`` once the last has arrived
+    (zeros for those the loss does not depend on), detached and shaped like the targets."""
+    meta = [(t.shape, t.dtype, t.device) for t in targets]
+
+    def on_grads(grads: tuple[torch.Tensor | None, ...]) -> None:
+        record(tuple(torch.zeros(shape, dtype=dtype, device=device) if g is None
+                     else g.detach().reshape(shape)
+                     for g, (shape, dtype, device) in zip(grads, meta, strict=True)))
+
+    # The targets themselves, not hooked_tensor's base: a view's base may receive gradients
+    # through other uses (MultiheadAttention's per-head weights are a view of the
+    # probabilities its output is computed from).
+    torch.autograd.graph.register_multi_grad_hook(targets, on_grads)
 
 
 def _functorch_wrapped(t: torch.Tensor) -> bool:
@@ -125,9 +144,10 @@ class Capture:
             if not any(p.requires_grad for p in params.values()):
                 return
             target = helper.hooked_output(output)
-            if not (isinstance(target, torch.Tensor) and target.requires_grad):
+            targets = target if isinstance(target, tuple) else (target,)
+            if not all(isinstance(t, torch.Tensor) and t.requires_grad for t in targets):
                 return
-            if _functorch_wrapped(target):
+            if _functorch_wrapped(targets[0]):
                 return
             if sample_dim:
                 if inputs[0].ndim <= sample_dim:
@@ -140,10 +160,21 @@ class Capture:
             index = self.subset(n)
             call = Call(take(payload, index), n, helper.reduce)
             self.calls[name].append(call)
+            if isinstance(target, tuple):
+                _hook_outputs(targets, lambda grads: call.add_grad(
+                    take(helper.capture_grad(grads), index)))
+                return
             shape = target.shape
             hooked_tensor(target).register_hook(lambda grad: call.add_grad(
                 take(helper.capture_grad(first(grad.detach().reshape(shape))), index)))
 
+        def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if self.active and module.training and torch.is_grad_enabled():
+                helper.before_forward(args, kwargs)
+
+        if type(helper).before_forward is not LayerHelper.before_forward:
+            self.handles.append(helper.module.register_forward_pre_hook(pre_hook,
+                                                                        with_kwargs=True))
         self.handles.append(helper.module.register_forward_hook(forward_hook))
 
     def pop(self, name: str) -> list[Call]:

@@ -4,13 +4,14 @@ and sample dimensions given or inferred, and what is left uncovered and why."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any
 
 from torch import nn
 
 from . import _hyper
 from .layer import Layer
-from .layers import HELPERS, WeightBiasHelper, match
+from .layers import HELPERS, WeightBiasHelper, match, unsupported_reason
 from .layers.func import FuncFallbackHelper
 from .routes import Route
 
@@ -32,11 +33,11 @@ def build_layers(model: nn.Module, routes: Mapping[Any, str] | None, sample_dim:
     layers = []
     functional = functional_children(model)
     for name, module in model.named_modules():
-        base, reason = match(type(module))
-        if reason or id(module) in functional:
+        if unsupported_reason(module) or id(module) in functional:
             continue
-        cls = HELPERS[base]
-        params = {n: getattr(module, n) for n in cls.block_param_names(module)}
+        cls = HELPERS[match(type(module))[0]]
+        # attrgetter: a helper may own a child's parameters ("out_proj.weight").
+        params = {n: attrgetter(n)(module) for n in cls.block_param_names(module)}
         params = {n: p for n, p in params.items()
                   if isinstance(p, nn.Parameter) and owners[id(p)] == 1}
         if not params:
@@ -47,7 +48,7 @@ def build_layers(model: nn.Module, routes: Mapping[Any, str] | None, sample_dim:
                              f"Linear and convolution layers, not {type(module).__name__}")
         # On the exact route a helper may reduce each call in the backward hook.
         helper = cls(module, tuple(params) if route.exact else None)
-        dim = dims.get(id(module), 0)
+        dim = 0 if helper.layout_from_module else dims.get(id(module), 0)
         if dim and not helper.any_sample_dim:
             if isinstance(sample_dim, int):
                 dim = 0  # the module itself fixes its samples first (convolutions)
@@ -104,7 +105,7 @@ def uncovered_parameters(model: nn.Module, layers: list[Layer]) -> dict[str, str
         if len(users) > 1:
             out[n] = f"shared by {len(users)} modules"
         else:
-            out[n] = (functional.get(id(users[0])) or match(type(users[0]))[1]
+            out[n] = (functional.get(id(users[0])) or unsupported_reason(users[0])
                       or "not in its helper's block")
     return out
 

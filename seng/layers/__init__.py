@@ -32,9 +32,18 @@ def register(helper: type[LayerHelper]) -> type[LayerHelper]:
 def helper_for(module: nn.Module,
                exact_params: tuple[str, ...] | None = None) -> LayerHelper | None:
     """A helper for ``module`` (``exact_params``: see :class:`LayerHelper`), or None when it
-    is not supported (see :func:`match`)."""
+    is not supported (see :func:`unsupported_reason`)."""
     base, reason = match(type(module))
-    return None if reason else HELPERS[base](module, exact_params)
+    if reason or HELPERS[base].refuses(module):
+        return None
+    return HELPERS[base](module, exact_params)
+
+
+def unsupported_reason(module: nn.Module) -> str:
+    """Why ``module`` has no helper: its type (see :func:`match`), or this instance (see
+    :meth:`LayerHelper.refuses`); "" when it has one."""
+    base, reason = match(type(module))
+    return reason or HELPERS[base].refuses(module)
 
 
 def match(cls: type[nn.Module]) -> tuple[type[nn.Module] | None, str]:
@@ -57,5 +66,6 @@ for _helper in (LinearHelper, ConvHelper, ConvTransposeHelper, BatchNormHelper, 
     register(_helper)
 
 __all__ = ["HELPERS", "BatchNormHelper", "ConvHelper", "ConvTransposeHelper", "EmbeddingHelper",
-           "GroupNormHelper", "LayerHelper", "LayerNormHelper", "LinearHelper", "WeightBiasHelper",
-           "helper_for", "match", "register"]
+           "GroupNormHelper", "LayerHelper", "LayerNormHelper", "LinearHelper",
+           "WeightBiasHelper",
+           "helper_for", "match", "register", "unsupported_reason"]

@@ -60,6 +60,11 @@ class LayerHelper:
     #: Whether the samples may sit in any dimension of the input (a layer that treats the
     #: other leading dimensions as positions); False where the module fixes them first.
     any_sample_dim: ClassVar[bool] = False
+    #: Whether the module itself says where its samples are (``batch_first``): the helper
+    #: moves them first in :meth:`capture_forward` and :meth:`capture_grad`, and
+    #: ``sample_dim`` does not apply to it.
+    layout_from_module: ClassVar[bool] = False
+
     def __init__(self, module: nn.Module, exact_params: tuple[str, ...] | None = None) -> None:
         self.module = module
         #: The block's parameters when the layer's route is exact (None otherwise).
@@ -70,16 +75,32 @@ class LayerHelper:
         """The attribute names of ``module``'s parameters this helper can precondition."""
         return cls.param_names
 
+    @classmethod
+    def refuses(cls, module: nn.Module) -> str:
+        """Why this instance of a served type cannot be served (its parameters are then
+        named as uncovered with this reason); "" when it can."""
+        return ""
+
+    def before_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Optional: called by a forward pre-hook, with the keyword arguments, before each
+        forward that may be recorded (the hooks see no keyword arguments otherwise); a
+        helper keeps what :meth:`capture_forward` of the same call needs."""
+
     def capture_forward(self, inputs: tuple[Any, ...], output: Any) -> Payload:
         """What to keep from one forward call (detached, sample dimension first)."""
         raise NotImplementedError
 
-    def hooked_output(self, output: Any) -> torch.Tensor:
-        """The tensor whose gradient is recorded (the module output by default)."""
+    def hooked_output(self, output: Any) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
+        """The tensor whose gradient is recorded (the module output by default); a tuple of
+        tensors for a module whose gradient flows in through several outputs (then one hook
+        receives all their gradients once the last has arrived, zeros for those that received
+        none, and ``sample_dim`` must be 0: use :attr:`layout_from_module`); None records
+        nothing for this call."""
         return output
 
-    def capture_grad(self, grad_output: torch.Tensor) -> torch.Tensor:
-        """The recorded gradient of :meth:`hooked_output`, sample dimension first."""
+    def capture_grad(self, grad_output: Any) -> Any:
+        """The recorded gradient of :meth:`hooked_output` (a tuple for a tuple), sample
+        dimension first."""
         return grad_output
 
     def reduce(self, payload: Payload, grad_output: torch.Tensor) -> Payload | None:
