@@ -106,15 +106,29 @@ def test_tied_parameters_are_named_as_shared():
     assert list(pre.uncovered_parameters()) == ["0.weight"]
 
 
-def test_multihead_attention_parameters_are_named():
-    """nn.MultiheadAttention calls no submodule: its out_proj (a Linear subclass that keeps
-    the forward) is named, not registered, since hooks would never see a call."""
+def test_multihead_attention_and_its_out_proj_are_covered():
+    """nn.MultiheadAttention calls no submodule: its helper owns out_proj's parameters (one
+    block with the input projections), out_proj gets no block of its own; a subclass with
+    its own forward is named, out_proj with it."""
     model = nn.Sequential(nn.Linear(4, 8))
     model.add_module("attn", nn.MultiheadAttention(8, 2, batch_first=True))
-    with pytest.warns(UserWarning) as record:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pre = SENGPreconditioner(model, strict=True)
+    assert [(r["name"], r["params"]) for r in pre.layer_info()] == [
+        ("0", ["weight", "bias"]),
+        ("attn", ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"])]
+
+    class Gated(nn.MultiheadAttention):
+        def forward(self, *args, **kwargs):
+            out, w = super().forward(*args, **kwargs)
+            return 2.0 * out, w
+
+    model.attn = Gated(8, 2, batch_first=True)
+    with pytest.warns(UserWarning, match="damped gradient only"):
         pre = SENGPreconditioner(model)
     uncovered = pre.uncovered_parameters()
     assert uncovered["attn.out_proj.weight"].startswith("used functionally by")
-    assert uncovered["attn.in_proj_weight"] == "no SENG helper for MultiheadAttention"
+    assert uncovered["attn.in_proj_weight"] == ("Gated subclasses nn.MultiheadAttention with "
+                                                "its own forward")
     assert [r["name"] for r in pre.layer_info()] == ["0"]
-    assert "attn.out_proj.bias" in str(record[0].message)

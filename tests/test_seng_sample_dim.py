@@ -106,7 +106,8 @@ def test_the_default_would_be_wrong_and_is_refused():
     pre = SENGPreconditioner(model, damping=DAMPING)
     loss_of(model, x, y).backward()
     before = {n: p.grad.clone() for n, p in model.named_parameters()}
-    with pytest.raises(ValueError, match=r"N = 6: 'layer.linear1'.*N = 5: 'head'.*sample_dim"):
+    with pytest.raises(ValueError, match=r"N = 6: 'layer.self_attn', 'layer.linear1'.*"
+                                         r"N = 5: 'head'.*sample_dim"):
         pre.step()
     assert all(torch.equal(p.grad, before[n]) for n, p in model.named_parameters())
     assert pre.step_count == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .attention import MultiheadAttentionHelper
 from .base import LayerHelper, WeightBiasHelper
 from .batchnorm import BatchNormHelper
 from .conv import ConvHelper
@@ -62,10 +63,10 @@ def match(cls: type[nn.Module]) -> tuple[type[nn.Module] | None, str]:
 
 
 for _helper in (LinearHelper, ConvHelper, ConvTransposeHelper, BatchNormHelper, LayerNormHelper,
-                GroupNormHelper, EmbeddingHelper):
+                GroupNormHelper, EmbeddingHelper, MultiheadAttentionHelper):
     register(_helper)
 
 __all__ = ["HELPERS", "BatchNormHelper", "ConvHelper", "ConvTransposeHelper", "EmbeddingHelper",
            "GroupNormHelper", "LayerHelper", "LayerNormHelper", "LinearHelper",
-           "WeightBiasHelper",
+           "MultiheadAttentionHelper", "WeightBiasHelper",
            "helper_for", "match", "register", "unsupported_reason"]
