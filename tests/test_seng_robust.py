@@ -53,7 +53,7 @@ def test_bad_model():
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         SENG(object(), lr=0.1)
     with pytest.raises(ValueError, match="no supported layer"):
-        SENGPreconditioner(nn.Sequential(nn.ReLU(), nn.LSTM(3, 3)))
+        SENGPreconditioner(nn.Sequential(nn.ReLU(), nn.PReLU()))
     with pytest.raises(ValueError, match="Invalid learning rate: -1"):
         SENG(mlp(), lr=-1)
     with pytest.raises(ValueError, match=r"Invalid momentum value: 1\.0"):

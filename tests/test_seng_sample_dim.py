@@ -93,7 +93,7 @@ def test_sequence_first_lstm_head_exact_with_model_sample_dim():
     x, y = data(4)
     ps = seq_first_grads(model, x, y)
     run(model, x, y, sample_dim=1)
-    check_layers(model, ["head"], ps, full_grad(ps, "mean"), DAMPING)
+    check_layers(model, ["rnn", "head"], ps, full_grad(ps, "mean"), DAMPING)
 
 
 def test_the_default_would_be_wrong_and_is_refused():
@@ -113,17 +113,16 @@ def test_the_default_would_be_wrong_and_is_refused():
     assert pre.step_count == 0
 
 
-def test_lstm_head_alone_cannot_be_checked_so_sample_dim_is_needed():
-    """One captured layer has nothing to disagree with: the sample dimension must be given.
-    Boundary: with sample_dim=1 the head is exact (above); with the default its direction
-    differs from the oracle's far beyond rounding."""
+def test_lstm_head_default_is_refused():
+    """The LSTM reads its samples from dimension 1 (batch_first=False) by itself; the head,
+    by default, takes the T = 5 positions as samples: the step raises, naming both."""
     torch.manual_seed(0)
     model = LSTMHead()
     x, y = data(4)
-    ps = seq_first_grads(model, x, y)
-    run(model, x, y)
-    with pytest.raises(AssertionError, match="max error"):
-        check_layers(model, ["head"], ps, full_grad(ps, "mean"), DAMPING)
+    pre = SENGPreconditioner(model, damping=DAMPING)
+    loss_of(model, x, y).backward()
+    with pytest.raises(ValueError, match=r"N = 6: 'rnn'; N = 5: 'head'"):
+        pre.step()
 
 
 @pytest.mark.parametrize(("sample_dim", "error", "words"), [

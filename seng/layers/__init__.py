@@ -14,6 +14,7 @@ from .embedding import EmbeddingHelper
 from .groupnorm import GroupNormHelper
 from .layernorm import LayerNormHelper
 from .linear import LinearHelper
+from .recurrent import RecurrentHelper
 
 #: Module type -> helper class (subclasses match through :func:`helper_for`).
 HELPERS: dict[type[nn.Module], type[LayerHelper]] = {}
@@ -63,10 +64,10 @@ def match(cls: type[nn.Module]) -> tuple[type[nn.Module] | None, str]:
 
 
 for _helper in (LinearHelper, ConvHelper, ConvTransposeHelper, BatchNormHelper, LayerNormHelper,
-                GroupNormHelper, EmbeddingHelper, MultiheadAttentionHelper):
+                GroupNormHelper, EmbeddingHelper, MultiheadAttentionHelper, RecurrentHelper):
     register(_helper)
 
 __all__ = ["HELPERS", "BatchNormHelper", "ConvHelper", "ConvTransposeHelper", "EmbeddingHelper",
            "GroupNormHelper", "LayerHelper", "LayerNormHelper", "LinearHelper",
-           "MultiheadAttentionHelper", "WeightBiasHelper",
+           "MultiheadAttentionHelper", "RecurrentHelper", "WeightBiasHelper",
            "helper_for", "match", "register", "unsupported_reason"]
