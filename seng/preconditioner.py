@@ -29,9 +29,11 @@ UpdateFreq = int | Callable[[int], int]
 class SENGPreconditioner:
     r"""Sketchy empirical natural gradient preconditioner (Yang et al. 2022).
 
-    For every supported layer (``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.BatchNorm1d/2d/3d``,
-    ``nn.LayerNorm``, ``nn.GroupNorm``, ``nn.Embedding``; weight and bias together as one
-    block; block-diagonal over layers) ``step()`` replaces the gradient ``g`` in
+    For every supported layer (``nn.Linear``, ``nn.Conv1d/2d/3d``,
+    ``nn.ConvTranspose1d/2d/3d``, ``nn.BatchNorm1d/2d/3d``, ``nn.LayerNorm``,
+    ``nn.GroupNorm``, ``nn.Embedding``, ``nn.MultiheadAttention`` with its ``out_proj``,
+    ``nn.RNN``/``nn.LSTM``/``nn.GRU``; a module's parameters together as one block;
+    block-diagonal over layers) ``step()`` replaces the gradient ``g`` in
     ``p.grad`` by
 
     .. math:: d = (U U^T + \lambda I)^{-1} g
@@ -133,9 +135,10 @@ class SENGPreconditioner:
         ``batch_first=False`` (dimension 1). An int: that dimension for every Linear,
         LayerNorm and Embedding layer (``sample_dim=1`` for sequence-first models;
         convolution and batch/group norm layers take their samples in dimension 0 by
-        definition). A dict ``{module or name: int}``: per module, the rest as for None.
-        On every curvature step all layers must see the same number of samples ``N``
-        (else a ``ValueError`` names the layers and their ``N``).
+        definition; attention and recurrent layers read theirs from ``batch_first``, and
+        ``sample_dim`` does not apply to them). A dict ``{module or name: int}``: per
+        module, the rest as for None. On every curvature step all layers must see the same
+        number of samples ``N`` (else a ``ValueError`` names the layers and their ``N``).
     strict : bool
         Whether a trainable parameter without curvature (a module type without a helper, a
         subclass with its own forward, a parameter shared by several modules; see
