@@ -19,6 +19,8 @@ from seng.persample import KroneckerFactors
 
 pytestmark = pytest.mark.usefixtures("float64")
 
+DAMPING = 1e-3  # small against U U^T: the direction depends on the curvature (cond ~ 1e2-1e3)
+
 CONVS = [  # (module, input spatial shape, output_size passed to forward or None)
     (lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
      (7,), None),
@@ -118,9 +120,9 @@ def test_seng_direction_matches_dense_oracle(reduction):
     model = Decoder()
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(8, 3, 3, 3, generator=g), torch.randint(0, 3, (8,), generator=g)
-    pre = SENGPreconditioner(model, damping=0.5, loss_reduction=reduction, strict=True)
+    pre = SENGPreconditioner(model, damping=DAMPING, loss_reduction=reduction, strict=True)
     assert pre.uncovered_parameters() == {}
     ps = per_sample_grads(model, ce, x, y)
     batch_loss(model, ce, x, y, reduction).backward()
     pre.step()
-    check_layers(model, ["up1", "up2", "up3", "head"], ps, full_grad(ps, reduction), 0.5)
+    check_layers(model, ["up1", "up2", "up3", "head"], ps, full_grad(ps, reduction), DAMPING)
