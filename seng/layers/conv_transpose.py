@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import _WEIGHT_GRAD, ConvHelper
+from .conv import ConvHelper
 
 
 class ConvTransposeHelper(ConvHelper):
@@ -26,10 +26,9 @@ class ConvTransposeHelper(ConvHelper):
     kernel taps (last tap first) plus the bias, and ``grad l_i = G_{ij}^T A_{ij}`` with the
     spread input's patches as rows of ``A`` (:meth:`patches`).
 
-    The dense per-sample gradients (exact route) use the same relation the other way round:
-    ``grad W[c, o, k] = sum_i x[c, i] gy[o, i s - p + k d]``, the weight gradient of the
-    convolution of the output gradient (``gy`` as input, ``x`` as output gradient), computed
-    for all samples at once with the batch folded into the groups (:meth:`weight_grads`).
+    The dense per-sample gradients (exact route, small blocks) come from the transposed
+    convolution's own weight-gradient kernel for all samples at once, the batch folded into
+    the groups (:meth:`weight_grads`), without the patches.
     """
 
     module_types = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -65,21 +64,18 @@ class ConvTransposeHelper(ConvHelper):
     def weight_grads(self, x: torch.Tensor, gy: torch.Tensor, live: tuple[str, ...]
                      ) -> torch.Tensor:
         """Per-sample gradients ``(N, groups, C_out/groups, d_a)`` of one call, in block
-        layout."""
+        layout: the transposed convolution's own weight-gradient kernel with the batch
+        folded into the channels (``N * groups`` groups)."""
         m = self.module
         n, g, dg = x.shape[0], self.groups, m.out_channels // self.groups
         cols = []
         if "weight" in live:
-            # gy cropped and padded so that the convolution of gy (stride s, dilation d) has
-            # exactly x's spatial shape: p before, p - output_padding after.
-            pad: list[int] = []
-            for p, op in reversed(list(zip(m.padding, self.output_padding(x, gy), strict=True))):
-                pad += [p, p - op]
-            padded = F.pad(gy, pad)
-            w = _WEIGHT_GRAD[self.spatial](
-                padded.reshape(1, -1, *padded.shape[2:]),
-                (n * m.in_channels, *m.weight.shape[1:]), x.reshape(1, -1, *x.shape[2:]),
-                stride=m.stride, padding=0, dilation=m.dilation, groups=n * g)
+            shape = (n * m.in_channels, *m.weight.shape[1:])
+            weight = x.new_empty((1,) * len(shape)).expand(shape)  # only its shape is read
+            w = torch.ops.aten.convolution_backward(
+                gy.reshape(1, -1, *gy.shape[2:]), x.reshape(1, -1, *x.shape[2:]), weight, None,
+                m.stride, m.padding, m.dilation, True, self.output_padding(x, gy), n * g,
+                [False, True, False])[1]
             cols.append(self._weight_to_block(w.reshape(n, *m.weight.shape)))
         if "bias" in live:
             cols.append(gy.reshape(n, g, dg, -1).sum(dim=3, keepdim=True))
