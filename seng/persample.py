@@ -200,10 +200,17 @@ class KroneckerFactors(PerSampleGrads):
         return (Y * self.A).sum(dim=(1, 2, 3))
 
     def matvec(self, alpha: torch.Tensor) -> torch.Tensor:
-        # sum_i alpha_i G_i^T A_i: one matmul per group over all samples and positions.
+        # sum_i alpha_i G_i^T A_i: one matmul per group over all samples and positions, with
+        # alpha applied to the narrower factor (views of the factors where the layout allows).
         n, g, t = self.n, self.groups, self.positions
-        Ga = (self.G * alpha.reshape(n, 1, 1, 1)).permute(1, 3, 0, 2).reshape(g, self.dg, n * t)
-        return Ga @ self.A.transpose(0, 1).reshape(g, n * t, self.da)
+        w = (alpha if t == 1 else alpha.repeat_interleave(t))[:, None]  # (N T, 1)
+        A = self.A.transpose(0, 1).reshape(g, n * t, self.da)
+        G = self.G.transpose(0, 1).reshape(g, n * t, self.dg)
+        if self.da <= self.dg:
+            A = A * w
+        else:
+            G = G * w
+        return G.transpose(1, 2) @ A
 
     def apply_flops(self) -> float:
         return 4.0 * self.n * self.groups * self.positions * self.da * self.dg
