@@ -242,3 +242,60 @@ def test_transformer_layer_batch_first_false_self_attention_exact():
     check_block(model, ps, [f"layer.self_attn.{n}" for n in
                             ("in_proj_weight", "in_proj_bias", "out_proj.weight",
                              "out_proj.bias")], "sum")
+
+
+def test_curvature_subset_with_per_head_mask():
+    """curvature_batch < N without dropout: the recorded rows (their per-head 3-D mask rows
+    and key padding rows too) give U of the kept samples exactly."""
+    torch.manual_seed(6)
+    g = torch.Generator().manual_seed(8)
+    mask = 0.5 * torch.randn(N * 2, L, L, generator=g)
+    model = Attend(nn.MultiheadAttention(E, 2, batch_first=True), {"attn_mask": mask})
+    x, _, y = data(True, seed=6)
+    kpm = torch.zeros(N, L)  # float, like the attention mask
+    kpm[2, -2:] = float("-inf")
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss_i(p, xi, yi, mi, ki):  # the sample's own mask rows (heads, L, L)
+        sub = {k[5:]: v for k, v in p.items() if k.startswith("attn.")}
+        out, _ = functional_call(model.attn, sub, (xi[None], xi[None], xi[None]),
+                                 {"attn_mask": mi, "key_padding_mask": ki[None]})
+        head = {k[5:]: v for k, v in p.items() if k.startswith("head.")}
+        return F.cross_entropy(functional_call(model.head, head, (out.mean(1),)), yi[None])
+
+    ps = vmap(grad(loss_i), in_dims=(None, 0, 0, 0, 0))(params, x, y,
+                                                         mask.reshape(N, 2, L, L), kpm)
+    pre = SENGPreconditioner(model, damping=DAMPING, curvature_batch=4, strict=True)
+    losses(model, x, x, y, kpm).mean().backward()
+    pre.step()
+    kept = pre.last_curvature_indices
+    assert kept is not None and len(kept) == 4
+    names = attention_names(model)
+    rows = torch.cat([ps[n][kept].reshape(4, -1) for n in names], dim=1)
+    g_full = torch.cat([ps[n].reshape(N, -1) for n in names], dim=1).mean(0)
+    want, cond = dense_direction(rows, g_full, DAMPING)
+    got = torch.cat([dict(model.named_parameters())[n].grad.reshape(-1) for n in names])
+    check_direction(got, want, cond, g_full.numel())
+
+
+def test_accumulated_micro_batches_replay_each_call_dropout():
+    """Two micro-batches with dropout: each recorded call replays its own random state.
+    Oracle: one backward per sample through each micro-batch's forward."""
+    torch.manual_seed(7)
+    model = Attend(nn.MultiheadAttention(E, 2, dropout=0.3, batch_first=True))
+    x, _, y = data(True, seed=7)
+    params = dict(model.named_parameters())
+    halves = [slice(0, N // 2), slice(N // 2, N)]
+    rows = []
+    torch.manual_seed(11)
+    for h in halves:
+        per = losses(model, x[h], x[h], y[h])
+        rows += [torch.autograd.grad(per[i], list(params.values()), retain_graph=True)
+                 for i in range(per.shape[0])]
+    ps = {n: torch.stack([r[j] for r in rows]) for j, n in enumerate(params)}
+    pre = SENGPreconditioner(model, damping=DAMPING, accumulation_steps=2, strict=True)
+    torch.manual_seed(11)
+    for h in halves:  # each micro-batch's mean over the k micro-batches: the batch mean
+        (losses(model, x[h], x[h], y[h]).mean() / 2).backward()
+    pre.step()
+    check_block(model, ps, attention_names(model))

@@ -239,9 +239,9 @@ class MultiheadAttentionHelper(LayerHelper):
         devices = [q.device] if cuda.shape[1] else []
         with torch.enable_grad(), torch.random.fork_rng(devices=devices, enabled=m.dropout > 0):
             if m.dropout > 0:
-                torch.set_rng_state(cpu[0].cpu())
+                torch.set_rng_state(cpu[0].cpu().clone())  # its own storage: no offset
                 if devices:
-                    torch.cuda.set_rng_state(cuda[0].cpu(), q.device)
+                    torch.cuda.set_rng_state(cuda[0].cpu().clone(), q.device)
             o, weights = F.multi_head_attention_forward(
                 *leaves, e, m.num_heads, None, None, None, None, m.add_zero_attn, m.dropout,
                 eye, None, training=True, key_padding_mask=kpm,
