@@ -124,6 +124,9 @@ class Capture:
 
     def __init__(self, subset: Callable[[int], torch.Tensor | None]) -> None:
         self.active = False
+        #: Whether backward passes deliver their output gradients to the calls (False
+        #: outside ``SENGPreconditioner.sample_fisher`` under the true Fisher).
+        self.recording = True
         self.subset = subset
         self.calls: dict[str, list[Call]] = {}
         self.handed_out: list[Call] = []
@@ -161,12 +164,13 @@ class Capture:
             call = Call(take(payload, index), n, helper.reduce)
             self.calls[name].append(call)
             if isinstance(target, tuple):
-                _hook_outputs(targets, lambda grads: call.add_grad(
-                    take(helper.capture_grad(grads), index)))
+                _hook_outputs(targets, lambda grads: self._deliver(
+                    call, lambda: take(helper.capture_grad(grads), index)))
                 return
             shape = target.shape
-            hooked_tensor(target).register_hook(lambda grad: call.add_grad(
-                take(helper.capture_grad(first(grad.detach().reshape(shape))), index)))
+            hooked_tensor(target).register_hook(lambda grad: self._deliver(
+                call, lambda: take(helper.capture_grad(first(grad.detach().reshape(shape))),
+                                   index)))
 
         def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if self.active and module.training and torch.is_grad_enabled():
@@ -176,6 +180,10 @@ class Capture:
             self.handles.append(helper.module.register_forward_pre_hook(pre_hook,
                                                                         with_kwargs=True))
         self.handles.append(helper.module.register_forward_hook(forward_hook))
+
+    def _deliver(self, call: Call, grad: Callable[[], torch.Tensor]) -> None:
+        if self.recording:
+            call.add_grad(grad())
 
     def pop(self, name: str) -> list[Call]:
         """The calls of ``name`` that received a gradient; forgets them."""

@@ -18,6 +18,7 @@ from ._capture import Call, Capture, merge_micro_batches, usable_samples, work_d
 from ._registration import build_layers, uncovered_parameters
 from .comm import SINGLE_PROCESS, Communicator
 from .curvature import woodbury_directions
+from .fisher import sample_targets, sampled_loss
 from .layer import Layer
 from .layers import HELPERS
 from .routes import Route, make_route
@@ -145,6 +146,13 @@ class SENGPreconditioner:
         :meth:`uncovered_parameters`) is an error (``ValueError``). When False (default),
         they are listed with the reason in one warning at construction; ``fallback=
         "torch.func"`` gives them curvature.
+    fisher : {"empirical", "true"}
+        ``"empirical"`` (the paper's): ``U`` holds the gradients of the training loss's own
+        per-sample losses. ``"true"``: the Monte Carlo Fisher of the model's likelihood, from
+        targets sampled from the model's predictive distribution (:mod:`seng.fisher`); on
+        curvature steps call :meth:`sample_fisher` with the model's outputs between the
+        forward and the backward (one extra backward pass, as K-FAC does). Default
+        ``"empirical"``.
     comm : seng.comm.Communicator or None
         How the step runs across processes: None (one process), or a
         :class:`seng.comm.LocalComm` / :class:`seng.comm.GlobalComm` on
@@ -193,6 +201,7 @@ class SENGPreconditioner:
         grad_scaler: Any = None,
         accumulation_steps: int = 1,
         strict: bool = False,
+        fisher: str = "empirical",
         sample_dim: int | Mapping[nn.Module | str, int] | None = None,
         comm: Communicator | None = None,
     ) -> None:
@@ -224,6 +233,10 @@ class SENGPreconditioner:
             raise TypeError(f"grad_scaler must be a torch.amp.GradScaler or None, got "
                             f"{type(grad_scaler).__name__}")
         self.grad_scaler = grad_scaler
+        if fisher not in ("empirical", "true"):
+            raise ValueError(f"Invalid fisher value: {fisher!r} (valid: 'empirical', 'true')")
+        self.fisher = fisher
+        self.last_sampled_targets: torch.Tensor | None = None
         self.accumulation_steps = _hyper.check_positive_int(accumulation_steps,
                                                             "accumulation_steps")
         self._seed = int(normalize_rng(rng).integers(0, 2**63))
@@ -258,6 +271,7 @@ class SENGPreconditioner:
         for layer in self._layers:
             self._capture.register(layer.name, layer.helper, layer.params, layer.sample_dim)
         self._capture.active = True
+        self._capture.recording = fisher == "empirical"
         if comm is not None and not isinstance(comm, Communicator):
             raise TypeError(f"comm must be a seng.comm.Communicator or None, got "
                             f"{type(comm).__name__}")
@@ -274,6 +288,46 @@ class SENGPreconditioner:
     def step_count(self) -> int:
         """Number of ``step``/``precondition`` calls so far."""
         return self._step
+
+    @property
+    def curvature_step(self) -> bool:
+        """Whether the coming forward and backward are recorded for a curvature refresh."""
+        return self._capture.active
+
+    def sample_fisher(self, outputs: torch.Tensor, likelihood: str) -> bool:
+        """Record the per-sample gradients of the true Fisher (``fisher="true"``) from the
+        model's ``outputs`` of this step's forward; call it before the loss's backward.
+
+        On a curvature step, draws targets from the model's predictive distribution
+        (``likelihood``: ``"categorical"`` for logits under cross-entropy, ``"gaussian"``
+        for the per-sample mean squared error; :mod:`seng.fisher`) and backpropagates their
+        loss, reduced as ``loss_reduction`` says, without touching ``p.grad`` (the graph is
+        kept for the training loss's backward). Returns whether it did (False between
+        curvature steps, where it costs nothing). The targets are in
+        :attr:`last_sampled_targets`; they are drawn from this preconditioner's seed and
+        step, so ``state_dict`` reproduces them.
+        """
+        if self.fisher != "true":
+            raise ValueError("sample_fisher needs fisher='true' (the empirical Fisher uses the "
+                             "training loss's own backward)")
+        if not isinstance(outputs, torch.Tensor) or not outputs.requires_grad:
+            raise TypeError("outputs must be the model's output tensor of this step's forward "
+                            "(requiring grad)")
+        if not self._capture.active:
+            return False
+        stream = len(self._layers) + 1  # after the subset's (0) and the layers' (1..L)
+        generator = torch.Generator().manual_seed(
+            int(self._rng(self._step, stream).integers(2**62)))
+        targets = sample_targets(outputs, likelihood, generator)
+        loss = sampled_loss(outputs, targets, likelihood, self.loss_reduction)
+        inputs = [p for layer in self._layers for p in layer.params.values() if p.requires_grad]
+        self._capture.recording = True
+        try:
+            torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+        finally:
+            self._capture.recording = False
+        self.last_sampled_targets = targets
+        return True
 
     @torch.no_grad()
     def step(self) -> bool:
@@ -347,6 +401,7 @@ class SENGPreconditioner:
         refresh = self._refresh_due(k, self._last_update)
         next_freq = _hyper.update_freq_at(self.update_freq, k + 1)
         self._check_sample_counts()
+        self._check_fisher_sampled()
         out: dict[torch.Tensor, torch.Tensor] = {}
         sharded: list[tuple[Layer, torch.Tensor, tuple[str, ...], dict[str, Any]]] = []
         handled: set[int] = set()
@@ -443,6 +498,20 @@ class SENGPreconditioner:
                              f"curvature step ({listing}): the samples are not in dimension "
                              "0 of some layers' input; give sample_dim (per model or per "
                              "module, e.g. sample_dim=1 for sequence-first inputs)")
+
+    def _check_fisher_sampled(self) -> None:
+        """Under the true Fisher, a curvature step whose forward was recorded needs the
+        sampled backward of :meth:`sample_fisher`; without it the layers would silently keep
+        stale curvature."""
+        if self.fisher != "true" or not self._capture.active:
+            return
+        calls = [c for cs in self._capture.calls.values() for c in cs]
+        if calls and not any(c.received for c in calls):
+            self._capture.reset()
+            raise ValueError("fisher='true': this curvature step recorded the forward but no "
+                             "sampled backward; call pre.sample_fisher(outputs, likelihood) "
+                             "between the forward and the loss's backward whenever "
+                             "pre.curvature_step is True")
 
     def remove_hooks(self) -> None:
         """Remove the hooks from the model (the preconditioner then cannot refresh)."""

@@ -77,6 +77,9 @@ SENG_VARIANTS: dict[str, SENGVariant] = {
                             note="relative damping 1 (per layer, times tr(U^T U)/N)"),
     "seng-lm": SENGVariant({"adaptive_damping": True},
                            note="damping from 1, Levenberg-Marquardt every 5 steps"),
+    "seng-tf": SENGVariant({"fisher": "true"},
+                           note="true Fisher (targets sampled from the model; one extra "
+                                "backward per curvature step)"),
 }
 
 #: SENG's learning-rate grid unless a variant gives its own.
@@ -162,17 +165,26 @@ class Stepper:
     mini-batch loss."""
 
     def __init__(self, model: nn.Module, loss: Callable[..., torch.Tensor],
-                 optimizers: list[torch.optim.Optimizer]) -> None:
+                 optimizers: list[torch.optim.Optimizer], likelihood: str | None = None) -> None:
         self.model = model
         self.loss = loss
         self.optimizers = optimizers
+        self.likelihood = likelihood  # of the loss, for SENG's true Fisher
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        for opt in self.optimizers:
+            pre = getattr(opt, "preconditioner", None)
+            if pre is not None and pre.fisher == "true":
+                pre.sample_fisher(out, self.likelihood)
+        return self.loss(out, y)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if any(getattr(opt, "adaptive_damping", False) for opt in self.optimizers):
             return self._closure_step(x, y)
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        loss = self.loss(self.model(x), y)
+        loss = self._forward(x, y)
         loss.backward()
         self._before_update()
         for opt in self.optimizers:
@@ -188,7 +200,7 @@ class Stepper:
 
         def closure() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
-            loss = self.loss(self.model(x), y)
+            loss = self._forward(x, y)
             loss.backward()
             return loss
 
@@ -308,8 +320,9 @@ def make_stepper(spec: OptimizerSpec, model: nn.Module, lr: float, problem: Prob
     if spec.kind == "kfac":
         return _KFACStepper(model, problem.loss, lr, problem, batch_size)
     if spec.kind == "seng":
+        likelihood = "categorical" if problem.kind == "classification" else "gaussian"
         return Stepper(model, problem.loss, [SENG(model, lr=lr, momentum=MOMENTUM, rng=seed,
-                                                  **spec.options)])
+                                                  **spec.options)], likelihood)
     raise ValueError(f"Invalid optimizer kind: {spec.kind!r} "
                      "(valid: sgd, adam, adamw, muon, kfac, seng)")
 
