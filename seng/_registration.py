@@ -10,9 +10,10 @@ from typing import Any
 from torch import nn
 
 from . import _hyper
-from .layer import Layer
-from .layers import HELPERS, WeightBiasHelper, match, unsupported_reason
+from .layer import Layer, Part
+from .layers import HELPERS, LayerHelper, WeightBiasHelper, match, unsupported_reason
 from .layers.func import FuncFallbackHelper
+from .layers.shared import SharedParamHelper
 from .routes import Route
 
 
@@ -48,15 +49,9 @@ def build_layers(model: nn.Module, routes: Mapping[Any, str] | None, sample_dim:
                              f"Linear and convolution layers, not {type(module).__name__}")
         # On the exact route a helper may reduce each call in the backward hook.
         helper = cls(module, tuple(params) if route.exact else None)
-        dim = 0 if helper.layout_from_module else dims.get(id(module), 0)
-        if dim and not helper.any_sample_dim:
-            if isinstance(sample_dim, int):
-                dim = 0  # the module itself fixes its samples first (convolutions)
-            else:
-                raise ValueError(f"Invalid sample_dim for {name!r}: {dim} "
-                                 f"({type(module).__name__} takes its samples in "
-                                 "dimension 0)")
+        dim = module_sample_dim(name, module, helper, dims, sample_dim)
         layers.append(Layer(len(layers), name, module, helper, params, route, dim))
+    layers += shared_layers(model, len(layers), dims, sample_dim, make(default), functional)
     if fallback is not None:
         handled = {id(p) for layer in layers for p in layer.params.values()}
         rest = {n: p for n, p in model.named_parameters() if id(p) not in handled}
@@ -65,6 +60,69 @@ def build_layers(model: nn.Module, routes: Mapping[Any, str] | None, sample_dim:
             layers.append(Layer(len(layers), "(torch.func)", model, helper, rest,
                                 make(default)))
     return layers
+
+def module_sample_dim(name: str, module: nn.Module, helper: LayerHelper,
+                      dims: dict[int, int], sample_dim: Any) -> int:
+    """The dimension of ``module``'s input holding the samples (see :func:`sample_dims`)."""
+    dim = 0 if helper.layout_from_module else dims.get(id(module), 0)
+    if dim and not helper.any_sample_dim:
+        if isinstance(sample_dim, int):
+            return 0  # the module itself fixes its samples first (convolutions)
+        raise ValueError(f"Invalid sample_dim for {name!r}: {dim} ({type(module).__name__} "
+                         "takes its samples in dimension 0)")
+    return dim
+
+
+def shared_layers(model: nn.Module, start: int, dims: dict[int, int], sample_dim: Any,
+                  route: Route, functional: dict[int, str]) -> list[Layer]:
+    """One layer per parameter used by several modules that all have a helper taking it in
+    the parameter's own layout (see :class:`~seng.layers.shared.SharedParamHelper`); its
+    parts record every user's calls."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    layers: list[Layer] = []
+    for pid, uses in parameter_users(model).items():
+        if len(uses) < 2 or pid not in names:
+            continue
+        param = getattr(uses[0][1], uses[0][2])
+        if not param.requires_grad or shared_unsupported(uses, param, functional):
+            continue
+        parts, owners = [], []
+        for j, (mname, m, attr) in enumerate(uses):
+            helper = HELPERS[match(type(m))[0]](m)
+            dim = module_sample_dim(mname, m, helper, dims, sample_dim)
+            parts.append(Part(f"{names[pid]}#{j}", helper, {attr: param}, dim))
+            owners.append((m, helper, attr))
+        helper = SharedParamHelper(param, owners)
+        layers.append(Layer(start + len(layers), names[pid], uses[0][1], helper,
+                            {"shared": param}, route, parts=parts))
+    return layers
+
+
+def parameter_users(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """``{id(parameter): [(module name, module, attribute), ...]}``, each module once."""
+    users: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for name, m in model.named_modules():
+        for attr, p in m._parameters.items():
+            if p is not None:
+                users.setdefault(id(p), []).append((name, m, attr))
+    return users
+
+
+def shared_unsupported(uses: list[tuple[str, nn.Module, str]], param: nn.Parameter,
+                       functional: dict[int, str]) -> str:
+    """Why the shared ``param`` cannot form a block ("" when it can)."""
+    for name, m, attr in uses:
+        why = functional.get(id(m)) or unsupported_reason(m)
+        if why:
+            return why
+        cls = HELPERS[match(type(m))[0]]
+        if attr not in cls.block_param_names(m):
+            return f"not in the block of {type(m).__name__} {name!r}"
+        if not SharedParamHelper.layout_matches(cls(m), attr, param):
+            return (f"the block of {type(m).__name__} {name!r} is not laid out as the "
+                    "parameter")
+    return ""
+
 
 def check_routes(model: nn.Module, routes: Mapping[Any, str] | None) -> dict[Any, str]:
     if routes is None:
@@ -92,20 +150,17 @@ def uncovered_parameters(model: nn.Module, layers: list[Layer]) -> dict[str, str
     """``{name: why}`` for each trainable parameter of ``model`` outside ``layers``."""
     handled = {id(p) for layer in layers for p in layer.params.values()}
     functional = functional_children(model)
-    owners: dict[int, list[nn.Module]] = {}
-    for m in model.modules():
-        for p in m._parameters.values():
-            if p is not None:
-                owners.setdefault(id(p), []).append(m)
+    users = parameter_users(model)
     out = {}
     for n, p in model.named_parameters():  # each parameter once, by its first name
         if not p.requires_grad or id(p) in handled:
             continue
-        users = owners[id(p)]
-        if len(users) > 1:
-            out[n] = f"shared by {len(users)} modules"
+        uses = users[id(p)]
+        if len(uses) > 1:
+            out[n] = (f"shared by {len(uses)} modules: "
+                      f"{shared_unsupported(uses, p, functional) or 'not preconditioned'}")
         else:
-            out[n] = (functional.get(id(users[0])) or unsupported_reason(users[0])
+            out[n] = (functional.get(id(uses[0][1])) or unsupported_reason(uses[0][1])
                       or "not in its helper's block")
     return out
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from torch import nn
@@ -15,6 +15,16 @@ from .layers import LayerHelper
 from .routes import Route
 
 
+class Part(NamedTuple):
+    """One module's recorded calls for a layer: the capture name, its helper, the block's
+    parameters it serves and the dimension of its input holding the samples."""
+
+    name: str
+    helper: LayerHelper
+    params: dict[str, nn.Parameter]
+    sample_dim: int
+
+
 class Layer:
     """A registered module (or the ``torch.func`` fallback block): its helper, its block's
     parameters, its route and the curvature of its last refresh.
@@ -24,7 +34,8 @@ class Layer:
     """
 
     def __init__(self, index: int, name: str, module: nn.Module, helper: LayerHelper,
-                 params: dict[str, nn.Parameter], route: Route, sample_dim: int = 0) -> None:
+                 params: dict[str, nn.Parameter], route: Route, sample_dim: int = 0,
+                 parts: list[Part] | None = None) -> None:
         self.index = index
         self.name = name
         self.module = module
@@ -32,9 +43,16 @@ class Layer:
         self.params = params
         self.route = route
         self.sample_dim = sample_dim
+        #: What the hooks record, one entry per module whose calls feed the block: the
+        #: layer's own module, or every user of a shared parameter.
+        self.parts = parts if parts is not None else [Part(name, helper, params, sample_dim)]
         self.curvature: Curvature | None = None
         self.live: tuple[str, ...] = ()
         self.needs_refresh = True
+
+    @property
+    def capture_names(self) -> list[str]:
+        return [part.name for part in self.parts]
 
     def live_in(self, grads: Any) -> tuple[str, ...]:
         """The block's parameters that are trainable and have a gradient in ``grads``."""
@@ -44,12 +62,12 @@ class Layer:
         """Whether the stored curvature preconditions the block of ``live``."""
         return self.curvature is not None and self.live == live
 
-    def refresh(self, work: list[Any], live: tuple[str, ...], scale: float,
+    def refresh(self, works: list[list[Any]], live: tuple[str, ...], scale: float,
                 rng: np.random.Generator, comm: Communicator, step: int) -> bool:
-        """Build the curvature of step ``step`` from ``work`` (``(payload, grad)`` per call,
-        the samples of every micro-batch) with the signal ``scale``, by the layer's route;
-        False (the last good curvature kept) when it is not finite."""
-        rep = self.helper.per_sample(work, live, scale)
+        """Build the curvature of step ``step`` from ``works`` (per part, ``(payload, grad)``
+        per call holding the samples of every micro-batch) with the signal ``scale``, by the
+        layer's route; False (the last good curvature kept) when it is not finite."""
+        rep = self.helper.per_sample(works[0] if len(self.parts) == 1 else works, live, scale)
         curvature = self.route.build(rep, rng, comm)
         if not all_finite(curvature.gram):
             return False
@@ -66,7 +84,8 @@ class Layer:
         """The row of :meth:`seng.SENGPreconditioner.layer_info`."""
         c = self.curvature
         return {
-            "name": self.name, "type": type(self.module).__name__,
+            "name": self.name, "type": getattr(self.helper, "type_name",
+                                               type(self.module).__name__),
             "params": list(self.params),
             "numel": sum(p.numel() for p in self.params.values()),
             "route": self.route.name, "last": None if c is None else dict(c.info),

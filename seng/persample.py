@@ -72,6 +72,10 @@ class PerSampleGrads:
         """The equivalent representation that holds the fewest bytes."""
         return self
 
+    def to_dense(self) -> DenseGrads:
+        """The materialized per-sample gradients (``N x p`` rows in block layout)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be materialized")
+
     def compact_entries(self) -> int:
         """Entries per sample of :meth:`compact` (from the shapes alone)."""
         return math.prod(self.block_shape)
@@ -128,6 +132,9 @@ class DenseGrads(PerSampleGrads):
         if size >= p:
             return 2.0 * n * n * p
         return n * cost.sketch_apply_flops(kind, size, p) + 2.0 * n * n * size
+
+    def to_dense(self) -> DenseGrads:
+        return self
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"rows": self.rows}

@@ -269,7 +269,8 @@ class SENGPreconditioner:
         self.last_curvature_indices: torch.Tensor | None = None
         self._capture = Capture(self._subset_for)
         for layer in self._layers:
-            self._capture.register(layer.name, layer.helper, layer.params, layer.sample_dim)
+            for part in layer.parts:
+                self._capture.register(*part)
         self._capture.active = True
         self._capture.recording = fisher == "empirical"
         if comm is not None and not isinstance(comm, Communicator):
@@ -377,15 +378,16 @@ class SENGPreconditioner:
     def _capture_counts(self) -> list[tuple[str, int]] | None:
         if not self._capture.active:
             return None
-        return [(layer.name, usable_samples(self._capture.calls[layer.name],
-                                            self.accumulation_steps)[0])
-                for layer in self._layers]
+        return [(layer.name, self._samples_of(
+            [self._capture.calls[c] for c in layer.capture_names])[0]) for layer in self._layers]
 
     def _forget_capture(self, names: Any = None) -> None:
         if names is None:
             self._capture.reset()
         else:
-            self._capture.forget(names)
+            chosen = set(names)
+            self._capture.forget([c for layer in self._layers if layer.name in chosen
+                                  for c in layer.capture_names])
 
     def _refresh_interval(self) -> int:
         return _hyper.update_freq_at(self.update_freq, self._step)
@@ -408,7 +410,7 @@ class SENGPreconditioner:
         for layer in self._layers:
             self._capture.release()  # the previous layer's calls: free them as we go
             handled.update(id(p) for p in layer.params.values())
-            calls = self._capture.pop(layer.name)
+            calls = [self._capture.pop(c) for c in layer.capture_names]
             live = layer.live_in(grads)
             if not live:
                 continue
@@ -488,7 +490,8 @@ class SENGPreconditioner:
         with ``sample_dim``), and would build a wrong curvature without a word."""
         groups: dict[int, list[str]] = {}
         for layer in self._layers:
-            counts = {c.n for c in self._capture.calls.get(layer.name, ()) if c.received}
+            counts = {c.n for name in layer.capture_names
+                      for c in self._capture.calls.get(name, ()) if c.received}
             if len(counts) == 1:
                 groups.setdefault(counts.pop(), []).append(repr(layer.name or "(model)"))
         if len(groups) > 1:
@@ -518,8 +521,16 @@ class SENGPreconditioner:
         self._capture.remove()
 
     # -- curvature -------------------------------------------------------------------------
-    def _refresh(self, layer: Layer, calls: list[Call], live: tuple[str, ...], k: int) -> None:
-        samples, why = usable_samples(calls, self.accumulation_steps)
+    def _samples_of(self, calls: list[list[Call]]) -> tuple[int, str]:
+        """:func:`~seng._capture.usable_samples` of a layer's parts, which must agree."""
+        found = [usable_samples(c, self.accumulation_steps) for c in calls]
+        if len({n for n, _ in found}) > 1 and all(n for n, _ in found):
+            return 0, "inconsistent"
+        return min(found)
+
+    def _refresh(self, layer: Layer, calls: list[list[Call]], live: tuple[str, ...],
+                 k: int) -> None:
+        samples, why = self._samples_of(calls)
         if why == "inconsistent":
             self._warn(f"inconsistent:{layer.name}", f"layer {layer.name!r}: its captured "
                        "calls cannot be combined (inputs with different leading (sample) "
@@ -527,19 +538,19 @@ class SENGPreconditioner:
                        "capture was already reduced); its curvature is not updated this step")
         if why == "accumulation":
             self._warn(f"accumulation:{layer.name}", f"layer {layer.name!r} was called "
-                       f"{len(calls)} times in a step of accumulation_steps="
+                       f"{sum(map(len, calls))} times in a step of accumulation_steps="
                        f"{self.accumulation_steps} micro-batches (not a multiple); its "
                        "curvature is not updated this step")
         if not samples:
             return
         comm = self.comm.bind(layer.name)
-        n = calls[0].n * self.accumulation_steps
+        n = calls[0][0].n * self.accumulation_steps
         scale = (n if self.loss_reduction == "mean" else 1.0) / math.sqrt(
             comm.total_samples(samples))
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             scale /= float(self.grad_scaler.get_scale())  # hooks saw the scaled loss
-        work = merge_micro_batches(calls, self.accumulation_steps)
-        if not layer.refresh(work, live, scale, self._rng(k, layer.index + 1), comm, k):
+        works = [merge_micro_batches(c, self.accumulation_steps) for c in calls]
+        if not layer.refresh(works, live, scale, self._rng(k, layer.index + 1), comm, k):
             self._count("skipped_updates", f"NaN/Inf in the curvature of layer {layer.name!r}: "
                         "update skipped, the last good curvature is kept")
             return

@@ -9,7 +9,14 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from seng_oracle import batch_loss, check_layers, full_grad, per_sample_grads
+from seng_oracle import (
+    batch_loss,
+    check_direction,
+    check_layers,
+    dense_direction,
+    full_grad,
+    per_sample_grads,
+)
 from torch import nn
 
 from seng import SENGPreconditioner
@@ -98,10 +105,54 @@ def test_frozen_parameters_are_not_named():
         SENGPreconditioner(model)
 
 
-def test_tied_parameters_are_named_as_shared():
-    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+class TiedLM(nn.Module):
+    """Input embedding tied to the output projection (the usual language-model tie), and a
+    convolution weight used by two convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 6)
+        self.conv1 = nn.Conv1d(6, 6, 3, padding=1)
+        self.conv2 = nn.Conv1d(6, 6, 3, padding=1, bias=False)
+        self.conv2.weight = self.conv1.weight
+        self.out = nn.Linear(6, 11)
+        self.out.weight = self.emb.weight
+
+    def forward(self, idx):
+        h = self.emb(idx).transpose(1, 2)  # (N, 6, T)
+        h = torch.tanh(self.conv2(torch.tanh(self.conv1(h)))).transpose(1, 2)
+        return self.out(h).mean(1)  # (N, 11)
+
+
+def test_tied_parameters_form_one_block_with_the_sum_over_their_uses():
+    """Exact against torch.func (whose per-sample gradient of a tied weight is the sum over
+    its uses): the embedding tied to the head, a conv weight used twice."""
+    torch.manual_seed(0)
+    model = TiedLM().double()
+    gen = torch.Generator().manual_seed(2)
+    idx, y = torch.randint(0, 11, (9, 5), generator=gen), torch.randint(0, 11, (9,), generator=gen)
+    pre = SENGPreconditioner(model, damping=DAMPING, update_freq=1, strict=True)
+    assert [r["name"] for r in pre.layer_info()] == ["conv1", "out", "emb.weight",
+                                                     "conv1.weight"]
+    assert pre.uncovered_parameters() == {}
+    F.cross_entropy(model(idx), y).backward()
+    pre.step()
+    ps = per_sample_grads(model, ce, idx, y)
+    g_ref = full_grad(ps, "mean")
+    # conv1 and out keep their biases as blocks; each tied weight is a block of its own.
+    for name in ("conv1.bias", "out.bias", "emb.weight", "conv1.weight"):
+        want, cond = dense_direction(ps[name].reshape(9, -1), g_ref[name].reshape(-1), DAMPING)
+        check_direction(dict(model.named_parameters())[name].grad.reshape(-1), want, cond,
+                        want.numel())
+
+
+def test_tied_parameters_whose_layout_differs_are_named():
+    """A Conv2d weight tied to a ConvTranspose2d (the tied-autoencoder trick): the transposed
+    convolution's block orders the weight differently, so the tie stays uncovered, named."""
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.Tanh(), nn.ConvTranspose2d(5, 3, 3))
     model[2].weight = model[0].weight
-    with pytest.warns(UserWarning, match=r"0\.weight \(shared by 2 modules\)"):
+    with pytest.warns(UserWarning, match=r"0\.weight \(shared by 2 modules: the block of "
+                                         r"ConvTranspose2d '2' is not laid out"):
         pre = SENGPreconditioner(model)
     assert list(pre.uncovered_parameters()) == ["0.weight"]
 
