@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(results))
     print()
     for r in results:
-        print(f"{'PASS' if r.passed else 'FAIL'}  {r.name}: {r.claim} ({r.seconds:.1f} s)")
+        print(f"{r.status}  {r.name}: {r.claim} ({r.seconds:.1f} s)"
+              + (f"\n      not checked: {r.skipped}" if r.skipped else ""))
     note = NOTE if importlib.util.find_spec("threadpoolctl") else (
         "CPU threads: library defaults (threadpoolctl is not installed)")
     path = write(args.out, results, config, [note], seconds)

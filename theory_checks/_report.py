@@ -16,7 +16,7 @@ def table(results: Sequence[Result]) -> str:
     rows = []
     for r in results:
         for c in r.checks:
-            rows.append((r.name, c.name, "PASS" if c.passed else "FAIL", c.predicted, c.measured))
+            rows.append((r.name, c.name, r.check_status(c), c.predicted, c.measured))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(head[:3])]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head[:3], widths, strict=True))
@@ -32,10 +32,12 @@ def write(out: Path, results: Sequence[Result], config: Config, header: Sequence
     """Write ``out/report.md`` (figures already lie in ``out``); return its path."""
     out.mkdir(parents=True, exist_ok=True)
     passed = sum(r.passed for r in results)
+    skipped = [r.name for r in results if r.skipped]
+    not_checked = f" ({len(skipped)} not checked: {', '.join(skipped)})" if skipped else ""
     lines = [
         "# SENG theory checks",
         "",
-        f"{passed} of {len(results)} claims pass. Backend {config.backend} on "
+        f"{passed} of {len(results)} claims pass{not_checked}. Backend {config.backend} on "
         f"{config.device}, seed {config.seed}, {'quick' if config.quick else 'default'} "
         f"sizes, {seconds:.1f} s.",
         "",
@@ -46,12 +48,12 @@ def write(out: Path, results: Sequence[Result], config: Config, header: Sequence
     ]
     for r in results:
         for c in r.checks:
-            lines.append(f"| {r.name} | {_md(c.name)} | {'PASS' if c.passed else 'FAIL'} | "
+            lines.append(f"| {r.name} | {_md(c.name)} | {r.check_status(c)} | "
                          f"{_md(c.predicted)} | {_md(c.measured)} |")
     for r in results:
         lines += [
             "",
-            f"## {r.name}: {r.claim} ({'PASS' if r.passed else 'FAIL'}, {r.seconds:.1f} s)",
+            f"## {r.name}: {r.claim} ({r.status}, {r.seconds:.1f} s)",
             "",
             f"Curvature (which Fisher): {r.curvature}.",
             "",
@@ -63,7 +65,7 @@ def write(out: Path, results: Sequence[Result], config: Config, header: Sequence
             "|---|---|---|",
         ]
         for c in r.checks:
-            lines.append(f"| {_md(c.name)} | {'PASS' if c.passed else 'FAIL'} | {_md(c.rule)} |")
+            lines.append(f"| {_md(c.name)} | {r.check_status(c)} | {_md(c.rule)} |")
         for fig in r.figures:
             rel = os.path.relpath(fig, out)
             lines += ["", f"![{fig.stem}]({rel})"]

@@ -29,7 +29,8 @@ class Result:
 
     ``curvature`` says which curvature matrix ("which Fisher") the check uses; ``details``
     is Markdown for the report; ``figures`` are the PNG files written (empty without an
-    output folder).
+    output folder). ``skipped`` is the reason the claim could not be checked here (a missing
+    optional package), empty when it was: a skipped claim has not passed.
     """
 
     name: str
@@ -39,11 +40,21 @@ class Result:
     figures: list[Path] = field(default_factory=list)
     details: str = ""
     seconds: float = 0.0
+    skipped: str = ""
 
     @property
     def passed(self) -> bool:
-        """True when every sub-claim passed."""
-        return all(c.passed for c in self.checks)
+        """True when the claim was checked and every sub-claim passed."""
+        return not self.skipped and all(c.passed for c in self.checks)
+
+    @property
+    def status(self) -> str:
+        """``"PASS"``, ``"FAIL"`` or ``"SKIP"`` (not checked: see ``skipped``)."""
+        return "SKIP" if self.skipped else "PASS" if self.passed else "FAIL"
+
+    def check_status(self, check: Check) -> str:
+        """The status of one of its rows: ``"SKIP"`` for every row of a skipped claim."""
+        return "SKIP" if self.skipped else "PASS" if check.passed else "FAIL"
 
     @property
     def predicted(self) -> str:

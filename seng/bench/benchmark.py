@@ -12,7 +12,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ class BenchConfig:
         Smoke size: the problems' quick data.
     progress : bool
         Show progress bars (tqdm, on stderr).
+    targets : mapping of str to float
+        Targets replacing the problems' own (and their quick targets), by problem name.
+    lrs : mapping of str to tuple of float
+        Initial learning-rate grids replacing the optimizers' own, by optimizer name
+        (increasing, log-spaced; ``grid_points`` then applies to them).
     """
 
     out: Path
@@ -84,6 +90,8 @@ class BenchConfig:
     workers: int = 2
     quick: bool = False
     progress: bool = True
+    targets: Mapping[str, float] = field(default_factory=dict)
+    lrs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("seeds", "batch_size", "timing_rounds", "workers"):
@@ -108,6 +116,18 @@ class BenchConfig:
         if unknown or self.optimizers == ():
             raise ValueError(f"Invalid optimizers: {list(self.optimizers or ())!r} (valid: "
                              f"{', '.join(specs)})")
+        for name, target in self.targets.items():
+            if name not in PROBLEMS or not isinstance(target, (int, float)) \
+                    or not math.isfinite(target):
+                raise ValueError(f"Invalid targets: {name!r}: {target!r} (a problem name and "
+                                 "a finite number)")
+        for name, grid in self.lrs.items():
+            values = list(grid) if isinstance(grid, (tuple, list)) else []
+            if name not in specs or not values or any(
+                    not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0
+                    for v in values) or values != sorted(set(values)):
+                raise ValueError(f"Invalid lrs: {name!r}: {grid!r} (an optimizer name and an "
+                                 "increasing tuple of positive learning rates)")
 
 
 QUICK = {"seeds": 2, "epochs": 2, "grid_points": 2, "max_extend": 1, "timing_rounds": 1,
@@ -129,8 +149,8 @@ def _optimizer_list(cfg: BenchConfig) -> list[OptimizerSpec]:
     return [specs[o] for o in names]
 
 
-def _initial_grid(spec: OptimizerSpec, points: int | None) -> list[float]:
-    lrs = list(spec.lrs)
+def _initial_grid(spec: OptimizerSpec, cfg: BenchConfig) -> list[float]:
+    lrs, points = list(cfg.lrs.get(spec.name, spec.lrs)), cfg.grid_points
     if points is not None and points < len(lrs):
         start = (len(lrs) - points) // 2
         lrs = lrs[start:start + points]
@@ -226,10 +246,10 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
             reason = (f"needs {', '.join(missing)} (pip install -e '.[bench]')")
             skipped.append({"problem": name, "reason": reason})
             _say(f"seng.bench: skipping problem {name}: {reason}")
-        elif cfg.quick:
-            problems.append(replace(PROBLEMS[name], target=PROBLEMS[name].quick_target))
         else:
-            problems.append(PROBLEMS[name])
+            problem = PROBLEMS[name]
+            target = problem.quick_target if cfg.quick else problem.target
+            problems.append(replace(problem, target=cfg.targets.get(name, target)))
     specs: list[OptimizerSpec] = []
     for spec in _optimizer_list(cfg):
         reason = missing_requirement(spec)
@@ -264,7 +284,7 @@ def _study(cfg: BenchConfig, out: Path, problems: list[Problem], specs: list[Opt
     from .report import write_report
 
     # per (problem, optimizer): the grid and, per learning rate, the logs of every seed
-    grids = {(p.name, s.name): _initial_grid(s, cfg.grid_points) for p in problems for s in specs}
+    grids = {(p.name, s.name): _initial_grid(s, cfg) for p in problems for s in specs}
     extended: dict[tuple[str, str], list[float]] = {key: [] for key in grids}
     logs: dict[tuple[str, str], dict[float, list[dict[str, Any]]]] = {key: {} for key in grids}
     settled: dict[tuple[str, str], float] = {}
@@ -333,7 +353,7 @@ def _study(cfg: BenchConfig, out: Path, problems: list[Problem], specs: list[Opt
         "wall_time": {"runs": t_runs, "total": t_total, "cpu": _cpu_seconds() - cpu_start},
         "skipped": skipped,
         "optimizers": {s.name: {"kind": s.kind, "options": s.options, "note": s.note,
-                                "initial_grid": _initial_grid(s, cfg.grid_points)}
+                                "initial_grid": _initial_grid(s, cfg)}
                        for s in specs},
         "problems": {},
     }
