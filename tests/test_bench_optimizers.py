@@ -18,7 +18,7 @@ import torch
 
 from seng.bench import benchmark as benchmark_module
 from seng.bench import optimizers as optimizers_module
-from seng.bench.benchmark import QUICK, BenchConfig, run_benchmark
+from seng.bench.benchmark import QUICK, BenchConfig, quick_config, run_benchmark
 from seng.bench.optimizers import (
     SENG_VARIANTS,
     SENGVariant,
@@ -182,6 +182,28 @@ def test_bad_settings_raise_named_errors(tmp_path):
     with pytest.raises(ValueError, match="learning rate"):
         make_stepper(all_optimizers()["sgd"], MNIST1DCNN(), -1.0, PROBLEMS["mnist1d-cnn"],
                      128, 0)
+    with pytest.raises(ValueError, match="targets"):
+        BenchConfig(out=tmp_path, targets={"mnist2d": 0.5})
+    with pytest.raises(ValueError, match="targets"):
+        BenchConfig(out=tmp_path, targets={"mnist1d-cnn": math.nan})
+    for grid in ((), (0.1, 0.01), (0.0,), 0.1):
+        with pytest.raises(ValueError, match="lrs"):
+            BenchConfig(out=tmp_path, lrs={"sgd": grid})
+    with pytest.raises(ValueError, match="lrs"):
+        BenchConfig(out=tmp_path, lrs={"lbfgs": (0.1,)})
+
+
+def test_targets_and_grids_replace_the_problems_and_optimizers_own(tmp_path):
+    # a training MSE of 10 is met after any first epoch, 0 never: the target decides
+    cfg = quick_config(tmp_path, problems=("digits-autoencoder",), optimizers=("sgd",),
+                       seeds=1, max_extend=0, grid_points=None, lrs={"sgd": (0.05, 0.5)},
+                       progress=False)
+    for target, epochs in ((10.0, [1]), (0.0, [None])):
+        results = run_benchmark(replace(cfg, targets={"digits-autoencoder": target}))
+        problem = results["problems"]["digits-autoencoder"]
+        row = problem["optimizers"]["sgd"]
+        assert problem["target"] == target
+        assert row["grid"] == [0.05, 0.5] and row["epochs_to_target"] == epochs
 
 
 def test_seng_variants_table_adds_optimizers(monkeypatch):

@@ -9,7 +9,8 @@ One module per claim, each with ``run(config) -> Result``:
 3. :mod:`theory_checks.fisher`: which Fisher (the empirical-Fisher step on squared loss);
 4. :mod:`theory_checks.linalg`: Woodbury, sketch distortion, rSVD, convolution Gram,
    distributed directions;
-5. :mod:`theory_checks.empirical`: SENG against SGD and Adam on a small CNN (torch).
+5. :mod:`theory_checks.empirical`: SENG against SGD and Adam on the MNIST-1D CNN of
+   :mod:`seng.bench` (torch, ``mnist1d``).
 
 ``python -m theory_checks`` runs them all and writes a report.
 """
