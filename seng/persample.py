@@ -384,12 +384,7 @@ class EmbeddingGrads(PerSampleGrads):
     def sketch_dims(self, size: int) -> tuple[int, int]:
         """Rows ``(s_out, s_in)`` of ``S_out (x) S_in`` on the ``(D, V)`` sides."""
         v, d = self.block_shape
-        s = max(1, math.isqrt(size))
-        if d <= s:
-            return d, min(v, max(1, size // d))
-        if v <= s:
-            return min(d, max(1, size // v)), v
-        return s, s
+        return cost.kron_sketch_dims(size, 1, v, d)
 
     def sketch(self, kind: str, size: int, rng: Any) -> PerSampleGrads:
         # S vec(u_i) with S = S_out (x) S_in: the one-hot rows e_idx become columns
