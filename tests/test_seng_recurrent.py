@@ -186,3 +186,19 @@ def test_dropout_between_layers_is_named_and_packed_input_is_not_recorded():
     with pytest.warns(RuntimeWarning, match="has a gradient but no curvature"):
         pre.step()
     assert pre.counters["missing_curvature"] == 1
+
+
+def test_second_backward_adds_to_every_output_gradient():
+    """Two backward passes through one forward: the recorded gradients of the output
+    sequence and of both final states add up (as p.grad does), so U is that of twice the
+    loss; boundary: one pass gives the direction of the plain loss."""
+    torch.manual_seed(4)
+    model = Model(nn.LSTM(D_IN, 4), ("out", "h", "c"))
+    x, y = data(False, seed=4)
+    ps = per_sample_grads(model, x, y)
+    pre = SENGPreconditioner(model, damping=DAMPING, strict=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    pre.step()
+    check_blocks(model, {n: 2 * v for n, v in ps.items()}, ["rnn"])
