@@ -81,8 +81,8 @@ def omega(M: Matrix, S: SketchingOperator) -> Any:
 def sample(M: Matrix, S: SketchingOperator) -> Any:
     """``A @ Omega`` with ``Omega = S^T``; a dense ``A`` goes through the operator's own
     product (a GEMM, a fast transform or a sparse product, by family)."""
-    if M.kind == "dense":
-        return M.data @ S.T
+    if M.kind == "dense":  # A @ S^T = (S @ A^T)^T, not A @ S.T: not every array defers to S
+        return (S @ M.data.T).T
     return M.matmat(omega(M, S))
 
 

@@ -63,8 +63,10 @@ def check_dense(A: Any, name: str, *, ndim: tuple[int, ...] = (1, 2)) -> tuple[A
         xp = backend.namespace(A)
     except TypeError:
         raise TypeError(
-            f"{name} must be a NumPy, PyTorch or CuPy array, got {type(A).__name__}"
+            f"{name} must be a NumPy, PyTorch or CuPy array (or another array-API array, "
+            f"e.g. JAX), got {type(A).__name__}"
         ) from None
+    backend.check_concrete(A, name)
     if A.ndim not in ndim:
         want = " or ".join(f"{n}-D" for n in ndim)
         raise ValueError(f"{name} must be {want}, got shape {tuple(A.shape)}")

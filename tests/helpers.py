@@ -8,13 +8,15 @@ from sketchlinalg.backend import to_host
 
 
 def eps(dtype) -> float:
-    """Machine epsilon of a NumPy, torch or CuPy floating dtype."""
-    if isinstance(dtype, type) or isinstance(dtype, np.dtype):
-        return float(np.finfo(dtype).eps)
-    name = str(dtype).replace("torch.", "")
-    if name == "bfloat16":
+    """Machine epsilon of a floating dtype of any backend (NumPy, torch, CuPy, JAX,
+    array-api-strict) or of its name."""
+    name = str(dtype)
+    if "bfloat16" in name:
         return 2.0**-7
-    return float(np.finfo(np.dtype(name)).eps)
+    for bits in ("float16", "float32", "float64"):
+        if bits in name:
+            return float(np.finfo(np.dtype(bits)).eps)
+    raise TypeError(f"not a floating dtype: {dtype!r}")
 
 
 def assert_close(actual, desired, *, factor: float = 100.0, dtype=None, scale=None) -> None:

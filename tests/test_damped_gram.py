@@ -33,16 +33,8 @@ def test_half_precision_round_trip(backend):
     U = rng.standard_normal((100, 10)) / 10
     G, lam = U.T @ U, 0.5
     B = rng.standard_normal((10, 3))
-    halves = [np.float16]
-    if backend.name.startswith("torch"):
-        import torch
-
-        halves = [torch.float16, torch.bfloat16]
-    for dtype in halves:
-        Gh = backend.asarray(G).to(dtype) if backend.name.startswith("torch") \
-            else backend.asarray(G, dtype)
-        Bh = backend.asarray(B).to(dtype) if backend.name.startswith("torch") \
-            else backend.asarray(B, dtype)
+    for dtype in backend.halves():
+        Gh, Bh = backend.cast(G, dtype), backend.cast(B, dtype)
         G64, B64 = (backend.to_numpy(X).astype(np.float64) for X in (Gh, Bh))
         F = sl.damped_gram_factor(Gh, lam)
         assert F.method == "cholesky" and F.dtype == dtype

@@ -13,17 +13,13 @@ from helpers import assert_close
 
 
 def halves(backend):
-    """The half-precision dtypes of a backend: float16 everywhere, bfloat16 on torch."""
-    if backend.name.startswith("torch"):
-        import torch
-
-        return [torch.float16, torch.bfloat16]
-    return [np.float16]
+    """The half-precision dtypes of a backend (float16 everywhere, bfloat16 on torch and JAX;
+    skipped where there are none)."""
+    return backend.halves()
 
 
 def convert(backend, X, dtype):
-    X = backend.asarray(X)
-    return X.to(dtype) if backend.name.startswith("torch") else X.astype(dtype)
+    return backend.cast(X, dtype)
 
 
 ENTRY_POINTS = {

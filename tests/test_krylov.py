@@ -166,18 +166,14 @@ def test_lsqr_bad_input():
 
 
 def half_dtypes(backend):
-    """The half-precision dtypes of a backend: float16 everywhere, bfloat16 on torch."""
-    if backend.name.startswith("torch"):
-        import torch
-
-        return [torch.float16, torch.bfloat16]
-    return [backend.xp.float16]
+    """The half-precision dtypes of a backend (float16 everywhere, bfloat16 on torch and JAX;
+    skipped where there are none)."""
+    return backend.halves()
 
 
 def rounded(backend, X, dtype):
     """``X`` on the backend in ``dtype``, and its exact float64 value on the host."""
-    Xh = backend.asarray(X).to(dtype) if backend.name.startswith("torch") \
-        else backend.asarray(X, dtype)
+    Xh = backend.cast(X, dtype)
     return Xh, backend.to_numpy(Xh).astype(np.float64)
 
 

@@ -392,16 +392,8 @@ def test_half_precision_round_trip(backend, method):
     # rounded data; bound: the float32 Wedin bound in half eps units plus one rounding.
     A, b, _ = problem(10.0)
     lam = 1e-2
-    halves = [np.float16]
-    if backend.name.startswith("torch"):
-        import torch
-
-        halves = [torch.float16, torch.bfloat16]
-    for dtype in halves:
-        if backend.name.startswith("torch"):
-            Ah, bh = backend.asarray(A).to(dtype), backend.asarray(b).to(dtype)
-        else:
-            Ah, bh = backend.asarray(A, dtype), backend.asarray(b, dtype)
+    for dtype in backend.halves():
+        Ah, bh = backend.cast(A, dtype), backend.cast(b, dtype)
         A64, b64 = backend.to_numpy(Ah).astype(np.float64), backend.to_numpy(bh).astype(np.float64)
         ref = dense_reference(A64, b64, lam)
         x = sl.ridge(Ah, bh, lam, method=method)

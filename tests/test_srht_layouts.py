@@ -1,7 +1,8 @@
 """SRHT: both layouts of its second pass (one GEMM per group of kept rows, and the batched
 GEMM over padded groups used when the outer order b is large) give the operator of the
-definition, sqrt(m'/d) R H D with SciPy's Hadamard matrix, forward and adjoint, on NumPy
-and torch; the same seed gives the same operator whichever layout runs."""
+definition, sqrt(m'/d) R H D with SciPy's Hadamard matrix, forward and adjoint, on every
+backend (the looped layout runs on NumPy and torch on the CPU; elsewhere both parameters
+run the padded one); the same seed gives the same operator whichever layout runs."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def oracle(S):
 def test_both_layouts_match_the_definition(backend, looped, d, m, monkeypatch):
     # Rounding: each entry of S A is a sum of m' products of size |A| sqrt(m'/d)/sqrt(m'),
     # computed in two stages; 10 m' eps of the largest row sum bounds it.
+    if looped and backend.name == "jax":
+        pytest.skip("JAX runs the padded layout for both parameters: compiled once, not twice")
     monkeypatch.setattr(srht, "_LOOP_MAX_GROUPS", 1 << 30 if looped else 0)
     S = sl.SRHT(d, m, rng=3)
     assert S._looped is looped

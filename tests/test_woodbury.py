@@ -83,9 +83,9 @@ def test_several_lams(backend, k):
     X = sl.woodbury_solve(backend.asarray(U), backend.asarray(g), lams)
     assert tuple(X.shape) == (lams.size, *g.shape)
     for i, lam in enumerate(lams):
-        assert_close(X[i], dense_solve(U, g, lam), factor=tolerance_factor(lam, "float64"))
+        assert_close(X[i, ...], dense_solve(U, g, lam), factor=tolerance_factor(lam, "float64"))
         single = sl.woodbury_solve(backend.asarray(U), backend.asarray(g), float(lam))
-        assert_close(X[i], single, factor=tolerance_factor(lam, "float64"))
+        assert_close(X[i, ...], single, factor=tolerance_factor(lam, "float64"))
 
 
 def test_lams_as_backend_array_and_list(backend):

@@ -204,7 +204,7 @@ def adaptive_range_finder(
         rank = 0 if Q is None else Q.shape[1]
         if estimate <= tol or rank >= max_rank:
             break
-        Y = Y[:, : max_rank - rank]
+        Y = Y[:, : min(max_rank - rank, b)]
         for _ in range(q):
             Z, _ = orthonormalize(xp, M.rmatmat(orthonormalize(xp, Y)[0]))
             Y = _project_out(xp, Q, M.matmat(Z))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat
 import numpy as np
 import scipy.sparse
 
-from .. import _backend
+from .. import backend
 from .._rng import RNGLike
 from ._base import SketchingOperator
 
@@ -40,16 +39,13 @@ class RowSampling(SketchingOperator):
 
     def _index(self, like: Any, xp: Any) -> Any:
         return self._on("rows", like, "int64",
-                        lambda: _backend.from_host(self.rows, like, xp.int64))
+                        lambda: backend.from_host(self.rows, like, xp.int64))
 
     def _apply(self, A: Any, xp: Any) -> Any:
         return xp.take(A, self._index(A, xp), axis=0) * self.scale
 
     def _apply_adjoint(self, Y: Any, xp: Any) -> Any:
-        out = xp.zeros((self.shape[1], Y.shape[1]), dtype=Y.dtype,
-                       device=array_api_compat.device(Y))
-        out[self._index(Y, xp)] = Y * self.scale
-        return out
+        return backend.put_rows(self.rows, Y * self.scale, self.shape[1])
 
     def _apply_sparse(self, A: scipy.sparse.sparray) -> np.ndarray:
         return scipy.sparse.csr_array(A)[self.rows].toarray() * self.scale

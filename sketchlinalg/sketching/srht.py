@@ -8,7 +8,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .. import _backend
+from .. import backend
 from .._rng import RNGLike
 from ._base import SketchingOperator
 
@@ -62,11 +62,12 @@ class SRHT(SketchingOperator):
     :math:`\sum_{j_a} (H_a)_{i_a j_a} \sum_{j_b} (H_b)_{i_b j_b} (DA)_{(j_b, j_a)}`. Pass 1
     applies :math:`H_b` (a GEMM), pass 2 contracts with the kept rows of :math:`H_a` (one
     GEMM per group of kept rows sharing :math:`i_b`; a batched GEMM over groups padded to the
-    largest when :math:`b > 64`). Both run over chunks of :math:`j_a` small enough to stay
-    in cache, so the matrix is read once: about :math:`2 (b + d/b) m' n` flops in one pass
-    over memory, where a radix-2 fast Walsh-Hadamard transform makes :math:`\log_2 m'`
-    passes. Those GEMMs, and the sign flips :math:`DA` (the one elementwise pass, at memory
-    speed), bound the time: on a 2-core CPU with :math:`m' = 2^{17}`, ``n = 256`` and
+    largest when :math:`b > 64`, and on GPUs and JAX). Both run over chunks of :math:`j_a`
+    small enough to stay in cache, so the matrix is read once: about
+    :math:`2 (b + d/b) m' n` flops in one pass over memory, where a radix-2 fast
+    Walsh-Hadamard transform makes :math:`\log_2 m'` passes. Those GEMMs, and the sign flips
+    :math:`DA` (the one elementwise pass, at memory speed), bound the time: on a 2-core CPU
+    with :math:`m' = 2^{17}`, ``n = 256`` and
     ``d = 1024``, about 3x one read of ``A`` for each pass and 2x for the signs.
 
     Parameters
@@ -99,23 +100,30 @@ class SRHT(SketchingOperator):
         self.kmax = int(np.max(np.diff(bounds)))
         self._flat = outer * self.kmax + (np.arange(d) - bounds[outer])
 
+    def _loops_on(self, like: Any) -> bool:
+        """Whether pass 2 loops over the groups for arrays like ``like``: for few groups, on
+        an eager CPU library (NumPy, torch on the CPU). Elsewhere one batched GEMM over the
+        padded groups: one kernel on a GPU, and on JAX one shape to compile where each group
+        of another size would compile its own."""
+        return self._looped and backend.on_cpu(like)
+
     def _factors(self, like: Any, xp: Any) -> tuple[Any, Any, Any, Any]:
         """Signs ``(b, a, 1)``, ``H_b``, the kept rows of ``H_a`` (``d x a``, or padded to
         ``(b, kmax, a)``) and the flat positions of the padded layout."""
         def build() -> tuple[Any, Any, Any, Any]:
             ha = hadamard_signs(self._inner, np.arange(self.a)) / np.sqrt(self.shape[0])
-            if not self._looped:
+            if not self._loops_on(like):
                 padded = np.zeros((self.b * self.kmax, self.a))
                 padded[self._flat] = ha
                 ha = padded.reshape(self.b, self.kmax, self.a)
             signs = np.zeros(self.m_pad)
             signs[: self.shape[1]] = self.signs
             return (
-                _backend.from_host(signs.reshape(self.b, self.a, 1), like, like.dtype),
-                _backend.from_host(hadamard_signs(np.arange(self.b), np.arange(self.b)), like,
+                backend.from_host(signs.reshape(self.b, self.a, 1), like, like.dtype),
+                backend.from_host(hadamard_signs(np.arange(self.b), np.arange(self.b)), like,
                                    like.dtype),
-                _backend.from_host(ha, like, like.dtype),
-                _backend.from_host(self._flat, like, xp.int64),
+                backend.from_host(ha, like, like.dtype),
+                backend.from_host(self._flat, like, xp.int64),
             )
 
         return self._on("factors", like, like.dtype, build)
@@ -123,21 +131,22 @@ class SRHT(SketchingOperator):
     def _chunks(self, like: Any, n: int) -> range:
         """Start offsets of the j_a chunks: whole on a GPU, cache-sized on a CPU."""
         width = self.a
-        if _backend.on_cpu(like):
+        if backend.on_cpu(like):
             width = max(1, min(self.a, _CHUNK_BYTES // (self.b * n * like.dtype.itemsize)))
         return range(0, self.a, width)
 
     def _padded(self, A: Any, xp: Any) -> Any:
         if A.shape[0] == self.m_pad:
             return xp.reshape(A, (self.b, self.a, A.shape[1]))
-        X = xp.zeros((self.m_pad, A.shape[1]), dtype=A.dtype, device=array_api_compat.device(A))
-        X[: A.shape[0], :] = A
-        return xp.reshape(X, (self.b, self.a, A.shape[1]))
+        pad = xp.zeros((self.m_pad - A.shape[0], A.shape[1]), dtype=A.dtype,
+                       device=array_api_compat.device(A))
+        return xp.reshape(xp.concat([A, pad], axis=0), (self.b, self.a, A.shape[1]))
 
     def _apply(self, A: Any, xp: Any) -> Any:
         n = A.shape[1]
         signs, hb, ha, flat = self._factors(A, xp)
         X = self._padded(A, xp)
+        looped = self._loops_on(A)
         parts: list[Any] = [None] * len(self._groups)  # looped: each group's kept rows
         Yg = None  # padded: all groups at once
         starts = self._chunks(A, n)
@@ -145,35 +154,39 @@ class SRHT(SketchingOperator):
             e = min(s + starts.step, self.a)
             T = X[:, s:e, :] * signs[:, s:e, :]
             Bc = xp.reshape(hb @ xp.reshape(T, (self.b, -1)), (self.b, e - s, n))
-            if self._looped:
+            if looped:
                 for t, (g, lo, hi) in enumerate(self._groups):
                     part = ha[lo:hi, s:e] @ Bc[g, ...]
                     parts[t] = part if parts[t] is None else parts[t] + part
             else:
                 part = ha[:, :, s:e] @ Bc
                 Yg = part if Yg is None else Yg + part
-        if self._looped:
+        if looped:
             return xp.concat(parts, axis=0)  # group by group: the order of self.rows
         return xp.take(xp.reshape(Yg, (self.b * self.kmax, n)), flat, axis=0)
 
     def _apply_adjoint(self, Y: Any, xp: Any) -> Any:
+        # Built from pieces (stack, concat) rather than written into a preallocated array:
+        # the array API standard does not promise in-place updates (JAX arrays are immutable).
         n = Y.shape[1]
-        signs, hb, ha, flat = self._factors(Y, xp)
+        signs, hb, ha, _ = self._factors(Y, xp)
         dev = array_api_compat.device(Y)
-        if not self._looped:
-            Yg = xp.zeros((self.b * self.kmax, n), dtype=Y.dtype, device=dev)
-            Yg[flat, :] = Y
+        looped = self._loops_on(Y)
+        if not looped:
+            Yg = backend.put_rows(self._flat, Y, self.b * self.kmax)
             Yg = xp.reshape(Yg, (self.b, self.kmax, n))
-        out = xp.empty((self.b, self.a, n), dtype=Y.dtype, device=dev)
+        pieces = []
         starts = self._chunks(Y, n)
         for s in starts:
             e = min(s + starts.step, self.a)
-            if self._looped:
-                Cc = xp.zeros((self.b, e - s, n), dtype=Y.dtype, device=dev)
+            if looped:
+                blocks = [xp.zeros((e - s, n), dtype=Y.dtype, device=dev)] * self.b
                 for g, lo, hi in self._groups:
-                    Cc[g, ...] = xp.matrix_transpose(ha[lo:hi, s:e]) @ Y[lo:hi, :]
+                    blocks[g] = xp.matrix_transpose(ha[lo:hi, s:e]) @ Y[lo:hi, :]
+                Cc = xp.stack(blocks, axis=0)
             else:
                 Cc = xp.matrix_transpose(ha[:, :, s:e]) @ Yg
             Xc = xp.reshape(hb @ xp.reshape(Cc, (self.b, -1)), (self.b, e - s, n))
-            out[:, s:e, :] = Xc * signs[:, s:e, :]
+            pieces.append(Xc * signs[:, s:e, :])
+        out = pieces[0] if len(pieces) == 1 else xp.concat(pieces, axis=1)
         return xp.reshape(out, (self.m_pad, n))[: self.shape[1], :]
