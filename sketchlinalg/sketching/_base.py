@@ -9,7 +9,7 @@ import array_api_compat
 import numpy as np
 import scipy.sparse
 
-from .. import _backend
+from .. import backend
 from .._rng import RNGLike, normalize_rng
 from .._validation import check_dense, check_int
 
@@ -61,7 +61,7 @@ class SketchingOperator:
     # -- shared machinery ----------------------------------------------------------------
     def _on(self, key: str, like: Any, dtype: Any, build: Callable[[], Any]) -> Any:
         """Cache ``build()`` (a backend copy of host random data) per backend, device, dtype."""
-        ident = (key, _backend.backend_name(like), str(array_api_compat.device(like)), str(dtype))
+        ident = (key, backend.backend_name(like), str(array_api_compat.device(like)), str(dtype))
         if ident not in self._cache:
             self._cache[ident] = build()
         return self._cache[ident]
@@ -70,7 +70,7 @@ class SketchingOperator:
         """``fn`` (``S @ X`` or ``S.T @ X``) on the dense ``A`` with ``rows`` rows, computed in
         the working dtype and returned in ``A``'s; no columns give an empty result."""
         xp, _ = check_dense(A, name)
-        prec = _backend.precision(xp, A.dtype, name=name)
+        prec = backend.precision(xp, A.dtype, name=name)
         if A.shape[0] != rows:
             raise ValueError(
                 f"shape mismatch: {name} has {A.shape[0]} rows but the operator needs {rows} "
@@ -125,12 +125,12 @@ class SketchingOperator:
         return prec.result(self._apply_adjoint(eye, xp).T)
 
     @staticmethod
-    def _like(like: Any) -> tuple[Any, _backend.Precision]:
+    def _like(like: Any) -> tuple[Any, backend.Precision]:
         """Validate the ``like`` of ``to_dense`` (the dtype rule every family shares)."""
         if like is None:
             like = np.zeros(1)
         xp, _ = check_dense(like, "like", ndim=tuple(range(8)))
-        return xp, _backend.precision(xp, like.dtype, name="like")
+        return xp, backend.precision(xp, like.dtype, name="like")
 
     def __repr__(self) -> str:
         d, m = self.shape

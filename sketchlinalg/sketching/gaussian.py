@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from .. import _backend
+from .. import backend
 from .._rng import RNGLike
 from ._base import SketchingOperator
 
@@ -39,7 +39,7 @@ class GaussianSketch(SketchingOperator):
 
     def _dense(self, like: Any) -> Any:
         return self._on("G", like, like.dtype,
-                        lambda: _backend.from_host(self.matrix, like, like.dtype))
+                        lambda: backend.from_host(self.matrix, like, like.dtype))
 
     def _apply(self, A: Any, xp: Any) -> Any:
         return self._dense(A) @ A
@@ -55,4 +55,4 @@ class GaussianSketch(SketchingOperator):
         self._like(like)
         if like is None:
             return self.matrix.copy()
-        return _backend.from_host(self.matrix, like, like.dtype)
+        return backend.from_host(self.matrix, like, like.dtype)
