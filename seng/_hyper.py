@@ -11,7 +11,6 @@ import sketchlinalg as sl
 
 #: Route names accepted for a layer: exact, a cost-model choice, a sketchlinalg family, or
 #: the low-rank truncation of per-sample gradients.
-ROUTE_NAMES = ("exact", "auto", *sl.KINDS, "lowrank")
 
 
 def check_damping(damping: Any) -> Any:
@@ -62,13 +61,6 @@ def check_sketch(sketch: Any) -> str | None:
         raise ValueError(f"Invalid sketch value: {sketch!r} (valid: None, 'auto', "
                          f"{', '.join(repr(k) for k in sl.KINDS)})")
     return sketch
-
-
-def check_route(route: Any, where: str) -> str:
-    if not isinstance(route, str) or route not in ROUTE_NAMES:
-        raise ValueError(f"Invalid route value for {where}: {route!r} (valid: "
-                         f"{', '.join(repr(r) for r in ROUTE_NAMES)})")
-    return route
 
 
 def check_positive_int(value: Any, name: str, allow_none: bool = False) -> int | None:

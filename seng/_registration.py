@@ -9,12 +9,11 @@ from typing import Any
 
 from torch import nn
 
-from . import _hyper
 from .layer import Layer, Part
 from .layers import HELPERS, LayerHelper, WeightBiasHelper, match, unsupported_reason
 from .layers.func import FuncFallbackHelper
 from .layers.shared import SharedParamHelper
-from .routes import Route
+from .routes import Route, check_route
 
 
 def build_layers(model: nn.Module, routes: Mapping[Any, str] | None, sample_dim: Any,
@@ -137,9 +136,9 @@ def check_routes(model: nn.Module, routes: Mapping[Any, str] | None) -> dict[Any
         if isinstance(key, str):
             if key not in modules:
                 raise ValueError(f"Invalid routes key: no module named {key!r} in model")
-            out[key] = _hyper.check_route(route, key)
+            out[key] = check_route(route, key)
         elif isinstance(key, nn.Module) and id(key) in ids:
-            out[id(key)] = _hyper.check_route(route, type(key).__name__)
+            out[id(key)] = check_route(route, type(key).__name__)
         else:
             raise ValueError(f"Invalid routes key: {key!r} is not a module of model "
                              "nor a module name")

@@ -14,6 +14,7 @@ import math
 from functools import cached_property
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 import sketchlinalg as sl
@@ -60,8 +61,9 @@ class PerSampleGrads:
         """Flops of one ``rmatvec`` plus one ``matvec``."""
         raise NotImplementedError
 
-    def sketch(self, kind: str, size: int, rng: Any) -> PerSampleGrads:
-        """``S U`` for a random ``S`` with ``E[S^T S] = I`` keeping about ``size`` coordinates."""
+    def sketch(self, kind: str, size: int, rng: np.random.Generator) -> PerSampleGrads:
+        """``S U`` for a random ``S`` with ``E[S^T S] = I`` keeping about ``size`` coordinates,
+        drawn from ``rng`` (advanced)."""
         raise NotImplementedError
 
     def sketch_flops(self, kind: str, size: int) -> float:
@@ -120,7 +122,7 @@ class DenseGrads(PerSampleGrads):
     def apply_flops(self) -> float:
         return 4.0 * self.rows.numel()
 
-    def sketch(self, kind: str, size: int, rng: Any) -> PerSampleGrads:
+    def sketch(self, kind: str, size: int, rng: np.random.Generator) -> PerSampleGrads:
         p = self.rows.shape[1]
         if size >= p:
             return self
@@ -239,17 +241,16 @@ class KroneckerFactors(PerSampleGrads):
         ``size`` coordinates of the whole block (``size // groups`` per group)."""
         return cost.kron_sketch_dims(size, self.groups, self.da, self.dg)
 
-    def sketch(self, kind: str, size: int, rng: Any) -> PerSampleGrads:
+    def sketch(self, kind: str, size: int, rng: np.random.Generator) -> PerSampleGrads:
         # S vec(G^T A) = vec((S_out G^T)(S_in A^T)^T): sketch each factor along its features.
         # S_out and S_in are independent and E[S^T S] = E[S_out^T S_out] (x) E[S_in^T S_in] = I.
         s_out, s_in = self.sketch_dims(size)
-        seeds = rng.integers(0, 2**63, size=2)
         A, G = self.A, self.G
         if s_in < self.da:
-            S_in = _make_sketch(kind, s_in, self.da, int(seeds[0]))
+            S_in = _make_sketch(kind, s_in, self.da, rng)
             A = (A.reshape(-1, self.da) @ S_in.T).reshape(*A.shape[:3], s_in)
         if s_out < self.dg:
-            S_out = _make_sketch(kind, s_out, self.dg, int(seeds[1]))
+            S_out = _make_sketch(kind, s_out, self.dg, rng)
             G = (G.reshape(-1, self.dg) @ S_out.T).reshape(*G.shape[:3], s_out)
         return KroneckerFactors(A, G)
 
@@ -283,7 +284,7 @@ def dense_is_compact(positions: int, da: int, dg: int) -> bool:
     return da * dg <= positions * (da + dg)
 
 
-def _make_sketch(kind: str, d: int, m: int, rng: Any) -> sl.SketchingOperator:
+def _make_sketch(kind: str, d: int, m: int, rng: np.random.Generator) -> sl.SketchingOperator:
     # Sparse sign needs nnz <= d; its default of 8 is capped for small sketches.
     options = {"nnz": min(8, d)} if kind == "sparse_sign" else {}
     return sl.sketch(kind, d, m, rng=rng, **options)
@@ -386,20 +387,19 @@ class EmbeddingGrads(PerSampleGrads):
         v, d = self.block_shape
         return cost.kron_sketch_dims(size, 1, v, d)
 
-    def sketch(self, kind: str, size: int, rng: Any) -> PerSampleGrads:
+    def sketch(self, kind: str, size: int, rng: np.random.Generator) -> PerSampleGrads:
         # S vec(u_i) with S = S_out (x) S_in: the one-hot rows e_idx become columns
         # S_in[:, idx] and g_it becomes S_out g_it, so the result is Kronecker factors with
         # the tokens as positions. E[S^T S] = I as for the Kronecker sketch of a Linear.
         v, d = self.block_shape
         s_out, s_in = self.sketch_dims(size)
-        seeds = rng.integers(0, 2**63, size=2)
         G = self.G
         if s_out < d:
-            S_out = _make_sketch(kind, s_out, d, int(seeds[1]))
+            S_out = _make_sketch(kind, s_out, d, rng)
             G = (G.reshape(-1, d) @ S_out.T).reshape(self.n, self.positions, s_out)
         if s_in >= v:
             return EmbeddingGrads(self.idx, G, v)
-        S_in = _make_sketch(kind, s_in, v, int(seeds[0]))
+        S_in = _make_sketch(kind, s_in, v, rng)
         A = S_in.to_dense(like=G).T[self.idx]  # (N, T, s_in)
         return KroneckerFactors(A[:, None], G[:, None])
 

@@ -19,7 +19,7 @@ import torch
 import sketchlinalg as sl
 from sketchlinalg.backend import all_finite
 
-from . import _hyper, cost
+from . import cost
 from .comm import SINGLE_PROCESS, Communicator
 from .curvature import Curvature
 from .persample import KroneckerFactors, PerSampleGrads
@@ -186,11 +186,23 @@ class AutoRoute(Route):
         return curvature
 
 
+#: Every valid route setting: the routes above by name, and each sketchlinalg family.
+ROUTE_NAMES = ("exact", "auto", *sl.KINDS, "lowrank")
+
+
+def check_route(route: Any, where: str) -> str:
+    """``route`` if it is one of :data:`ROUTE_NAMES`, else a ``ValueError`` naming ``where``."""
+    if not isinstance(route, str) or route not in ROUTE_NAMES:
+        raise ValueError(f"Invalid route value for {where}: {route!r} (valid: "
+                         f"{', '.join(repr(r) for r in ROUTE_NAMES)})")
+    return route
+
+
 def make_route(name: str, *, solve_dtype: torch.dtype, sketch_size: int,
                lowrank_rank: int) -> Route:
     """The route object for the setting ``name`` (``"exact"``, ``"auto"``, ``"lowrank"`` or
-    a sketch family; :data:`seng._hyper.ROUTE_NAMES`)."""
-    _hyper.check_route(name, "route")
+    a sketch family; :data:`ROUTE_NAMES`)."""
+    check_route(name, "route")
     if name == "exact":
         return ExactRoute(solve_dtype)
     if name == "auto":

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from seng._hyper import ROUTE_NAMES
+from seng.routes import ROUTE_NAMES
 
 from .data import DATASETS
 from .models import MODELS
