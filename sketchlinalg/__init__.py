@@ -18,6 +18,7 @@ from .drivers import eigh_randomized, nystrom, ridge, rsvd, woodbury_solve
 from .sketching import (
     KINDS,
     SRHT,
+    BlockSRHT,
     CountSketch,
     GaussianSketch,
     RowSampling,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS",
     "SRHT",
+    "BlockSRHT",
     "CountSketch",
     "DampedGramFactor",
     "GaussianSketch",

@@ -6,6 +6,7 @@ from typing import Any
 
 from .._rng import RNGLike
 from ._base import Adjoint, SketchingOperator
+from .block_srht import BlockSRHT
 from .countsketch import CountSketch
 from .gaussian import GaussianSketch
 from .sampling import RowSampling
@@ -54,6 +55,7 @@ __all__ = [
     "KINDS",
     "SRHT",
     "Adjoint",
+    "BlockSRHT",
     "CountSketch",
     "GaussianSketch",
     "RowSampling",

@@ -29,6 +29,9 @@ class SketchingOperator:
 
     # Make NumPy defer ``ndarray @ S`` to our ``__rmatmul__`` instead of building an object array.
     __array_ufunc__ = None
+    # Host data that the family redraws from its stream when needed: left out of a pickle
+    # (a Dask task carries the operator to its worker, which draws only its own columns).
+    _regenerable: tuple[str, ...] = ()
 
     def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
         d = check_int(d, "d", minimum=1)
@@ -38,6 +41,11 @@ class SketchingOperator:
         self.shape = (d, m)
         self._rng = normalize_rng(rng)
         self._cache: dict[tuple[str, str, str, str], Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in self._regenerable}
+        state["_cache"] = {}  # backend copies stay where they were made
+        return state
 
     # -- what each family provides -------------------------------------------------------
     @staticmethod
@@ -57,6 +65,15 @@ class SketchingOperator:
     def _apply_sparse(self, A: scipy.sparse.sparray) -> np.ndarray:
         """``S @ A`` for a scipy.sparse ``A``; the default densifies it first."""
         return self._apply(np.asarray(A.toarray(), dtype=np.float64), np)
+
+    # Whether the columns of a row block can be applied alone (False for operators that mix
+    # all rows, such as the SRHT): what ``S @ A`` on a Dask array needs.
+    _columns_alone = True
+
+    def _apply_columns(self, start: int, stop: int, X: np.ndarray) -> np.ndarray:
+        """``S[:, start:stop] @ X`` for the rows ``[start, stop)`` of ``A`` (host ``X`` in a
+        computation dtype), from the columns the family draws alone (``host_columns``)."""
+        return self.host_columns(start, stop).astype(X.dtype) @ X  # type: ignore[attr-defined]
 
     # -- shared machinery ----------------------------------------------------------------
     def _on(self, key: str, like: Any, dtype: Any, build: Callable[[], Any]) -> Any:
@@ -99,6 +116,10 @@ class SketchingOperator:
         return self._apply_sparse(A).astype(A.dtype, copy=False)
 
     def __matmul__(self, A: Any) -> Any:
+        if array_api_compat.is_dask_array(A):
+            from .._dask.sketch import sketch_rows
+
+            return sketch_rows(self, A)
         if scipy.sparse.issparse(A):
             return self._sparse_call(A, "A")
         return self._dense_call(A, self.shape[1], "A", self._apply)
@@ -164,8 +185,8 @@ class Adjoint:
                     f"columns (S.T shape {self.shape})"
                 )
             return self.op._sparse_call(B.T, "B").T
-        if getattr(B, "ndim", None) == 1:
-            return self.op @ B
+        if getattr(B, "ndim", None) == 1 or array_api_compat.is_dask_array(B):
+            return _transpose(self.op @ _transpose(B))  # a Dask B: chunked by columns
         _backend_check_2d(B, "B")
         return _transpose(self.op @ _transpose(B))
 

@@ -3,6 +3,7 @@ as host index and value arrays and applied as a sparse product, never as a dense
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -10,14 +11,44 @@ import scipy.sparse
 
 from .. import backend
 from ._base import SketchingOperator
+from ._stream import ColumnStream
 
 
 class SparseSketchingOperator(SketchingOperator):
-    """A sketch stored as COO triplets ``(rows, cols, values)`` of its ``d x m`` matrix."""
+    """A sketch stored as COO triplets ``(rows, cols, values)`` of its ``d x m`` matrix, drawn
+    by blocks of columns (:class:`~sketchlinalg.sketching._stream.ColumnStream`) the first time
+    they are needed; each family provides ``_columns`` (rows and values of a range of
+    columns, column-major)."""
 
-    rows: np.ndarray
-    cols: np.ndarray
-    values: np.ndarray
+    _regenerable = ("_triplets",)
+    _stream: ColumnStream
+
+    def _columns(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row indices, column indices and values of the nonzeros of columns
+        ``[start, stop)``, column by column."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def _triplets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._columns(0, self.shape[1])
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._triplets[0]
+
+    @property
+    def cols(self) -> np.ndarray:
+        return self._triplets[1]
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._triplets[2]
+
+    def host_columns(self, start: int, stop: int) -> scipy.sparse.csr_array:
+        """Columns ``[start, stop)`` as a ``d x (stop - start)`` SciPy matrix, drawn alone."""
+        rows, cols, values = self._columns(start, stop)
+        return scipy.sparse.csr_array((values, (rows, cols - start)),
+                                      shape=(self.shape[0], stop - start))
 
     def _sparse(self, like: Any, transpose: bool = False) -> Any:
         d, m = self.shape

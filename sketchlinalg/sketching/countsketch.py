@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from .._rng import RNGLike
 from ._sparse import SparseSketchingOperator
+from ._stream import ColumnStream
+
+
+def _countsketch_columns(d: int, gen: np.random.Generator,
+                         width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and sign of ``width`` columns."""
+    return gen.integers(0, d, size=width), gen.choice(np.array([-1.0, 1.0]), size=width)
 
 
 class CountSketch(SparseSketchingOperator):
@@ -34,6 +42,9 @@ class CountSketch(SparseSketchingOperator):
 
     def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)
-        self.rows = self._rng.integers(0, d, size=m)
-        self.cols = np.arange(m)
-        self.values = self._rng.choice(np.array([-1.0, 1.0]), size=m)
+        self._stream = ColumnStream.from_rng(self._rng, m)
+
+    def _columns(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows, signs = self._stream.draw(start, stop,
+                                        functools.partial(_countsketch_columns, self.shape[0]))
+        return rows, np.arange(start, stop), signs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,14 @@ import scipy.sparse
 from .. import backend
 from .._rng import RNGLike
 from ._base import SketchingOperator
+from ._stream import ColumnStream
+
+
+def _gaussian_columns(d: int, gen: np.random.Generator, width: int) -> tuple[np.ndarray]:
+    """``width`` columns of the sketch, as rows of a ``(width, d)`` array."""
+    block = gen.standard_normal((width, d))
+    block *= 1.0 / np.sqrt(d)
+    return (block,)
 
 
 class GaussianSketch(SketchingOperator):
@@ -25,17 +34,31 @@ class GaussianSketch(SketchingOperator):
     d, m : int
         Output and input dimensions, ``1 <= d <= m``.
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
-        Source of randomness (SPEC 7); the matrix is drawn once, in float64, on the host.
+        Source of randomness (SPEC 7); the matrix is drawn in float64, on the host, by
+        blocks of columns (so that a Dask task can draw the columns of its rows alone), the
+        first time it is needed.
     """
 
     @staticmethod
     def apply_flops(d: int, m: int, **options: Any) -> float:
         return 2.0 * d * m  # a dense GEMV
+    _regenerable = ("matrix",)
 
     def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)
-        self.matrix = self._rng.standard_normal((d, m))
-        self.matrix *= 1.0 / np.sqrt(d)
+        self._stream = ColumnStream.from_rng(self._rng, m)
+
+    @functools.cached_property
+    def matrix(self) -> np.ndarray:
+        """The ``d x m`` matrix on the host, float64."""
+        return self.host_columns(0, self.shape[1])
+
+    def host_columns(self, start: int, stop: int) -> np.ndarray:
+        """Columns ``[start, stop)`` of the matrix, drawn alone (equal to the same columns
+        of :attr:`matrix`)."""
+        (block,) = self._stream.draw(start, stop,
+                                     functools.partial(_gaussian_columns, self.shape[0]))
+        return block.T
 
     def _dense(self, like: Any) -> Any:
         return self._on("G", like, like.dtype,

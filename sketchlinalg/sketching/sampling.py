@@ -37,6 +37,14 @@ class RowSampling(SketchingOperator):
         self.rows = np.sort(self._rng.choice(m, size=d, replace=False))
         self.scale = float(np.sqrt(m / d))
 
+    def host_columns(self, start: int, stop: int) -> scipy.sparse.csr_array:
+        """Columns ``[start, stop)`` as a ``d x (stop - start)`` SciPy matrix."""
+        lo, hi = np.searchsorted(self.rows, [start, stop])
+        kept = np.arange(lo, hi)
+        return scipy.sparse.csr_array(
+            (np.full(kept.size, self.scale), (kept, self.rows[lo:hi] - start)),
+            shape=(self.shape[0], stop - start))
+
     def _index(self, like: Any, xp: Any) -> Any:
         return self._on("rows", like, "int64",
                         lambda: backend.from_host(self.rows, like, xp.int64))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from .._rng import RNGLike
 from .._validation import check_int
 from ._sparse import SparseSketchingOperator
+from ._stream import ColumnStream
 
 
 def distinct_rows(rng: np.random.Generator, d: int, m: int, nnz: int) -> np.ndarray:
@@ -20,6 +22,13 @@ def distinct_rows(rng: np.random.Generator, d: int, m: int, nnz: int) -> np.ndar
         taken = (chosen[:, :k] == t[:, None]).any(axis=1)
         chosen[:, k] = np.where(taken, top, t)
     return chosen
+
+
+def _sparse_sign_columns(d: int, nnz: int, gen: np.random.Generator,
+                         width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and signs of ``width`` columns, each of shape ``(width, nnz)``."""
+    rows = distinct_rows(gen, d, width, nnz)
+    return rows, gen.choice(np.array([-1.0, 1.0]), size=(width, nnz))
 
 
 class SparseSign(SparseSketchingOperator):
@@ -52,10 +61,13 @@ class SparseSign(SparseSketchingOperator):
         if nnz > d:
             raise ValueError(f"nnz must be <= d (distinct rows per column), got nnz={nnz}, d={d}")
         self.nnz = nnz
-        self.rows = distinct_rows(self._rng, d, m, nnz).ravel()
-        self.cols = np.repeat(np.arange(m), nnz)
-        signs = self._rng.choice(np.array([-1.0, 1.0]), size=m * nnz)
-        self.values = signs / np.sqrt(nnz)
+        self._stream = ColumnStream.from_rng(self._rng, m)
+
+    def _columns(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows, signs = self._stream.draw(
+            start, stop, functools.partial(_sparse_sign_columns, self.shape[0], self.nnz))
+        cols = np.repeat(np.arange(start, stop), self.nnz)
+        return rows.ravel(), cols, signs.ravel() / np.sqrt(self.nnz)
 
     def __repr__(self) -> str:
         d, m = self.shape

@@ -81,6 +81,7 @@ class SRHT(SketchingOperator):
     @staticmethod
     def apply_flops(d: int, m: int, **options: Any) -> float:
         return 2.0 * m * max(1.0, math.log2(m)) + d  # the fast transform, then d picks
+    _columns_alone = False  # H mixes all rows: see BlockSRHT for Dask arrays
 
     def __init__(self, d: int, m: int, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)
