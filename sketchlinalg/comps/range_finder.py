@@ -7,6 +7,8 @@ import math
 import warnings
 from typing import Any
 
+import array_api_compat
+
 from .. import backend
 from .._lowrank import (
     basis,
@@ -107,6 +109,9 @@ def range_finder(
     probabilistic algorithms for constructing approximate matrix decompositions",
     SIAM Review 53(2), 2011, Algorithm 4.4 and Section 10.
     """
+    if array_api_compat.is_dask_array(A):
+        from .._dask import drivers
+        return drivers.range_finder(A, rank, oversample, power_iters, sketch, rng)
     M, _, q, S = prepare(A, rank, oversample, power_iters, sketch, rng)
     return to_input_dtype(basis(M, q, S), A, M)
 

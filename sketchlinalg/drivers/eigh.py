@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
+
 from .._lowrank import basis, check_symmetric_sketch, prepare, to_input_dtype
 from .._rng import RNGLike
 from ..sketching._spec import SketchSpec
@@ -78,6 +80,9 @@ def eigh_randomized(
     N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness",
     SIAM Review 53(2), 2011, Algorithms 4.4 and 5.3.
     """
+    if array_api_compat.is_dask_array(A):
+        from .._dask import drivers
+        return drivers.eigh_randomized(A, rank, oversample, power_iters, sketch, rng)
     M, l, q, S = prepare(A, rank, oversample, power_iters, sketch, rng, square=True)
     xp, n, k = M.xp, M.shape[0], int(rank)
     Q = basis(M, q, S)

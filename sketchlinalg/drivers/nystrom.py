@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import array_api_compat
+
 from .. import backend
 from .._lowrank import (
     check_products_finite,
@@ -102,6 +104,9 @@ def nystrom(
     Theorem 4.1. Z. Frangella, J. A. Tropp, M. Udell, "Randomized Nystrom preconditioning",
     SIAM J. Matrix Anal. Appl. 44(2), 2023, Algorithm 2.1.
     """
+    if array_api_compat.is_dask_array(A):
+        from .._dask import drivers
+        return drivers.nystrom(A, rank, oversample, sketch, rng)
     M, _, _, S = prepare(A, rank, oversample, 0, sketch, rng, square=True)
     xp, n, k = M.xp, M.shape[0], int(rank)
     Omega, _ = orthonormalize(xp, omega(M, S), passes=2)

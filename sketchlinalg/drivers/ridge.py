@@ -186,6 +186,11 @@ def ridge(
             raise ValueError(f"tol must be in (0, 1), got {tol}")
     if maxiter is not None:
         maxiter = check_int(maxiter, "maxiter", minimum=0)
+    if array_api_compat.is_dask_array(A) or array_api_compat.is_dask_array(b):
+        from .._dask.ridge import ridge as dask_ridge
+        return dask_ridge(A, b, lam, method=method, rng=rng, sketch=sketch,
+                          sketch_size=sketch_size, solver=solver, tol=tol, maxiter=maxiter,
+                          return_info=return_info)
     P = _Problem(A, b, lam)
     m, n = P.shape
     if method in ("sketch_solve", "sketch_precondition") and m < n:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
+
 from .._lowrank import basis, orthonormalize, prepare, to_input_dtype
 from .._rng import RNGLike
 from ..sketching._spec import SketchSpec
@@ -84,6 +86,9 @@ def rsvd(
     N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness",
     SIAM Review 53(2), 2011, Algorithms 4.4 and 5.1, Sections 9.4 and 10.
     """
+    if array_api_compat.is_dask_array(A):
+        from .._dask import drivers
+        return drivers.rsvd(A, rank, oversample, power_iters, sketch, rng)
     M, _, q, S = prepare(A, rank, oversample, power_iters, sketch, rng)
     Q = basis(M, q, S)
     P, R = orthonormalize(M.xp, M.rmatmat(Q), passes=2)

@@ -1,0 +1,146 @@
+"""``range_finder``, ``rsvd``, ``eigh_randomized`` and ``nystrom`` for a Dask array ``A``.
+
+The tall products (``A @ Z``, ``A.T @ Q``, anything with ``m`` rows) run in Dask; every
+``n x l`` or ``l x l`` factor (test matrix, Gram, small QR/SVD/eigh) is computed in memory by
+the NumPy code of the in-memory drivers. Each pass over ``A`` is one ``dask.compute`` or
+``dask.persist`` in which every chunk of ``A`` is read once; the ``m x l`` samples are kept
+(persisted) between passes and orthonormalized by Dask's tall-skinny QR
+(``dask.array.linalg.tsqr``, Householder on each chunk), which reads them, not ``A``.
+Passes over ``A``: 1 (nystrom), 2q + 1 (range_finder), 2q + 2 (rsvd, eigh_randomized).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .. import _backend
+from .._rng import normalize_rng
+from .._validation import check_int
+from ..comps.range_finder import (
+    check_kind,
+    check_products_finite,
+    check_symmetric_sketch,
+    orthonormalize,
+)
+from ..sketching import sketch as make_sketch
+from .sketch import check_dask_matrix
+
+
+def range_finder(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
+                 rng: Any) -> Any:
+    X, l, q, kind, gen = _prepare(A, rank, oversample, power_iters, sketch, rng)
+    return _basis(X, l, q, kind, gen).astype(A.dtype)
+
+
+def rsvd(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
+         rng: Any) -> tuple[Any, Any, Any]:
+    X, l, q, kind, gen = _prepare(A, rank, oversample, power_iters, sketch, rng)
+    Q = _basis(X, l, q, kind, gen)
+    W = (X.T @ Q).compute()
+    check_products_finite(np, W)
+    P, R = orthonormalize(np, W, passes=2)
+    Xs, s, Yh = np.linalg.svd(R.T, full_matrices=False)
+    k = int(rank)
+    return ((Q @ Xs[:, :k]).astype(A.dtype), s[:k].astype(A.dtype),
+            (Yh[:k, :] @ P.T).astype(A.dtype))
+
+
+def eigh_randomized(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
+                    rng: Any) -> tuple[Any, Any]:
+    X, l, q, kind, gen = _prepare(A, rank, oversample, power_iters, sketch, rng, square=True)
+    n, k = X.shape[0], int(rank)
+    Q = _basis(X, l, q, kind, gen)
+    AQ = X @ Q.compute()  # Q is n x l, like the test matrix: it fits in memory
+    B, scale = dask.compute(Q.T @ AQ, da.linalg.norm(AQ))
+    check_products_finite(np, B)
+    check_symmetric_sketch(np, B, float(scale), n, X.dtype)
+    theta, Z = np.linalg.eigh(0.5 * (B + B.T))
+    keep = np.argsort(np.abs(theta))[l - k:]
+    keep = keep[np.argsort(theta[keep])]
+    return theta[keep].astype(A.dtype), (Q @ Z[:, keep]).astype(A.dtype)
+
+
+def nystrom(A: Any, rank: Any, oversample: Any, sketch: Any, rng: Any) -> tuple[Any, Any]:
+    X, l, _, kind, gen = _prepare(A, rank, oversample, 0, sketch, rng, square=True)
+    n, k, work = X.shape[0], int(rank), X.dtype
+    Omega, _ = orthonormalize(np, _test_matrix(kind, l, n, gen, work), passes=2)
+    Y, scale, finite = dask.persist(X @ Omega, da.linalg.norm(X @ Omega), da.isfinite(X).all())
+    _check_finite(finite)
+    scale = float(scale.compute())
+    chunks = (X.chunks[0], (l,))
+    if scale == 0.0:  # A = 0: every orthonormal U is exact, with zero eigenvalues
+        return (da.from_array(Omega[:, :k], chunks=(X.chunks[0], (k,))).astype(A.dtype),
+                np.zeros(k, dtype=A.dtype))
+    nu = math.sqrt(n) * float(np.finfo(work).eps) * scale
+    Y_nu = Y + nu * da.from_array(Omega, chunks=chunks)
+    P, R = da.linalg.tsqr(Y_nu)
+    P, R, B = dask.persist(P, R, Omega.T @ Y_nu)
+    B = B.compute()
+    check_symmetric_sketch(np, B, scale, n, work)
+    C = _backend.cholesky(0.5 * (B + B.T))
+    if C is None:
+        raise ValueError(
+            "A is not positive semidefinite: the sketch Omega^T A Omega + nu I has no "
+            "Cholesky factor (use eigh_randomized for symmetric indefinite matrices)")
+    # E = Y_nu C^{-T} = P (R C^{-T}) and R C^{-T} = (C^{-1} R^T)^T.
+    Xs, sigma, _ = np.linalg.svd(_backend.solve_triangular(C, R.compute().T, lower=True).T)
+    lam = np.clip(sigma[:k] ** 2 - nu, 0.0, None)
+    return (P @ Xs[:, :k]).astype(A.dtype), lam.astype(A.dtype)
+
+
+def _prepare(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any, rng: Any,
+             square: bool = False) -> tuple[Any, int, int, str, np.random.Generator]:
+    """The checks of the in-memory drivers, without touching ``A``'s values (its NaN/Inf
+    test is part of the first pass); ``A`` comes back in the working dtype."""
+    rank = check_int(rank, "rank", minimum=1)
+    p = check_int(oversample, "oversample", minimum=0)
+    q = check_int(power_iters, "power_iters", minimum=0)
+    kind = check_kind(sketch)
+    gen = normalize_rng(rng)
+    work = check_dask_matrix(A, "A")
+    m, n = A.shape
+    if square and m != n:
+        raise ValueError(f"shape mismatch: A must be square (symmetric), got shape {(m, n)}")
+    if rank > min(m, n):
+        raise ValueError(f"rank must be <= min(m, n) = {min(m, n)} for A of shape {(m, n)}, "
+                         f"got {rank}")
+    return A.astype(work), min(rank + p, m, n), q, kind, gen
+
+
+def _test_matrix(kind: str, l: int, n: int, gen: np.random.Generator, work: Any) -> np.ndarray:
+    """``Omega = S^T`` (``n x l``), drawn as the in-memory drivers draw it."""
+    return make_sketch(kind, l, n, rng=gen).T @ np.eye(l, dtype=work)
+
+
+def _basis(X: Any, l: int, q: int, kind: str, gen: np.random.Generator) -> Any:
+    """The orthonormal ``m x l`` basis of randomized subspace iteration (HMT 2011,
+    Algorithm 4.4), persisted: ``Y = A Omega`` (with the NaN/Inf test of ``A`` in the same
+    pass), then per power iteration ``Z = orth(A^T orth(Y))`` (the ``n x l`` Z in memory)
+    and ``Y = A Z``."""
+    Y, finite = dask.persist(X @ _test_matrix(kind, l, X.shape[1], gen, X.dtype),
+                             da.isfinite(X).all())
+    _check_finite(finite)
+    for _ in range(q):
+        W = (X.T @ _orth(Y)).compute()
+        check_products_finite(np, W)
+        Z, _ = orthonormalize(np, W)
+        (Y,) = dask.persist(X @ Z)
+    (Q,) = dask.persist(_orth(Y))
+    return Q
+
+
+def _orth(Y: Any) -> Any:
+    """Orthonormal basis of the tall ``Y`` (one column chunk) by Dask's TSQR."""
+    if Y.numblocks[1] > 1:
+        Y = Y.rechunk({1: -1})
+    return da.linalg.tsqr(Y)[0]
+
+
+def _check_finite(finite: Any) -> None:
+    if not bool(finite.compute()):
+        raise ValueError("A contains NaN or Inf entries")
