@@ -169,6 +169,10 @@ def test_ridge(client, tmp_path, method):
     if method == "sketch_precondition":
         # the sketch, LSQR's start (A x0, A^T r0), 2 per iteration, the final residual
         assert info["passes"] == 1 + 2 + 2 * info["iterations"] + 1
+    if method == "direct":  # auto's pick for a Dask A: TSQR, one pass
+        x_auto, auto = sl.ridge(Ad, b, 1e-3, rng=12, return_info=True)
+        assert auto["method"] == "direct" and "TSQR" in auto["auto_reason"]
+        assert_close(x_auto, x, factor=1)
     if method != "sketch_precondition":  # b as a Dask array: the same answer
         x2 = sl.ridge(Ad, da.from_array(b, chunks=700), 1e-3, method=method, rng=12)
         assert_close(x2, x, factor=100)

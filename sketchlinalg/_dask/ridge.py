@@ -44,8 +44,9 @@ def ridge(A: Any, b: Any, lam: Any, *, method: str, rng: Any, sketch: str,
     gen = normalize_rng(rng)
     info: dict[str, Any] = {}
     if method == "auto":
-        method = "sketch_precondition"
-        info["auto_reason"] = "Dask A: sketch-and-precondition reads A once plus 2 per iteration"
+        method = "direct"
+        info["auto_reason"] = ("Dask A: TSQR reads A once, sketch-and-precondition once plus "
+                               "twice per LSQR iteration")
     info["method"] = method
     if n == 0 or P.nrhs == 0:
         x = P.zeros((n, P.nrhs) if P.b.ndim == 2 else (n,))

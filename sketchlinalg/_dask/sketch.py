@@ -48,7 +48,7 @@ def sketch_rows(S: Any, A: Any) -> Any:
                          f"rechunk A with A.rechunk({{0: S.blocks}}) or build the operator "
                          f"with blocks=A.chunks[0]")
     X = A[:, None] if A.ndim == 1 else A
-    parts = X.map_blocks(_partial_sketch, S, work, new_axis=1,
+    parts = X.map_blocks(_partial_sketch, S, work, new_axis=1, token="sketchlinalg-sketch",
                          chunks=((1,) * X.numblocks[0], (d,), X.chunks[1]), dtype=work,
                          meta=np.empty((0, 0, 0), dtype=work))
     Y = parts.sum(axis=0, dtype=work).astype(A.dtype)

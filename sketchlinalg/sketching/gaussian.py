@@ -60,6 +60,17 @@ class GaussianSketch(SketchingOperator):
                                      functools.partial(_gaussian_columns, self.shape[0]))
         return block.T
 
+    def _apply_columns(self, start: int, stop: int, X: np.ndarray) -> np.ndarray:
+        # One block of the stream at a time (d x 4096 numbers), whatever the rows of X: a
+        # Dask task's memory stays that of its chunk.
+        d = self.shape[0]
+        out = np.zeros((d, X.shape[1]), dtype=X.dtype)
+        for gen, lo, hi in self._stream.blocks(start, stop):
+            (cols,) = _gaussian_columns(d, gen, hi - lo)
+            a, b = max(lo, start), min(hi, stop)
+            out += cols[a - lo:b - lo].T.astype(X.dtype) @ X[a - start:b - start]
+        return out
+
     def _dense(self, like: Any) -> Any:
         return self._on("G", like, like.dtype,
                         lambda: backend.from_host(self.matrix, like, like.dtype))
