@@ -77,6 +77,9 @@ def range_finder(
         with the Gaussian test matrix, by its first product (every entry of ``A`` meets a
         nonzero of :math:`\Omega` there, so a non-finite one shows); an operator whose
         products are not finite raises as well.
+        A Dask array chunked by rows is accepted too: the tall products run in Dask, the
+        small factorizations in memory, in ``2 q + 1`` passes over ``A``; the tall factor
+        ``Q`` is returned as Dask arrays (see the Dask guide).
     rank : int
         Target rank ``k``, ``1 <= k <= min(m, n)``.
     oversample : int, default 10

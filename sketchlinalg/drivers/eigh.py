@@ -47,6 +47,9 @@ def eigh_randomized(
     A : array (NumPy, PyTorch or CuPy), scipy.sparse matrix or scipy LinearOperator
         Symmetric, ``n x n``. A nonsymmetric ``A`` is detected from the asymmetry of
         :math:`Q^T A Q` (``ValueError``).
+        A Dask array chunked by rows is accepted too: the tall products run in Dask, the
+        small factorizations in memory, in ``2 q + 2`` passes over ``A``; the tall factor
+        ``V`` is returned as Dask arrays (see the Dask guide).
     rank : int
         Number ``k`` of eigenpairs, ``1 <= k <= n``.
     oversample : int, default 10

@@ -71,6 +71,9 @@ def nystrom(
         the asymmetry of :math:`\Omega^T A \Omega`, an indefinite one when
         :math:`\Omega^T A \Omega + \nu I` has no Cholesky factor (both ``ValueError``);
         an indefinite ``A`` whose sketch is positive definite is not detected.
+        A Dask array chunked by rows is accepted too: the tall products run in Dask, the
+        small factorizations in memory, in one pass over ``A``; the tall factor
+        ``U`` is returned as Dask arrays (see the Dask guide).
     rank : int
         Number ``k`` of eigenpairs, ``1 <= k <= n``.
     oversample : int, default 10

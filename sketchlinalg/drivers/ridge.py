@@ -118,7 +118,12 @@ def ridge(
         A dense array of any backend (NumPy, PyTorch, CuPy). A sparse matrix stays sparse
         (``"direct"`` forms its Gram by a sparse product and densifies ``A`` only for its QR
         branch). A LinearOperator is densified once as ``A @ I_n`` (``n`` products: the same
-        cost as forming any sketch :math:`S A` with ``sketch_size >= n``).
+        cost as forming any sketch :math:`S A` with ``sketch_size >= n``). A Dask array
+        chunked by rows (with ``m >= n``) is sketched in one pass, LSQR's products with it
+        run in Dask, ``"direct"`` (``"auto"``'s pick) is Householder QR by Dask's TSQR (one
+        pass), ``sketch="srht"`` means the ``BlockSRHT`` on its row chunks, ``b`` may be a
+        NumPy or Dask array, ``x`` is NumPy and ``info["passes"]`` counts the passes over
+        ``A`` (see the Dask guide).
     b : array of shape (m,) or (m, k)
         On the backend and device of ``A`` (NumPy for sparse or operator ``A``). A 2-D ``b``
         holds ``k`` right-hand sides, solved with one factorization (and, for

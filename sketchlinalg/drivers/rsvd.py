@@ -49,6 +49,9 @@ def rsvd(
     ----------
     A : array (NumPy, PyTorch or CuPy), scipy.sparse matrix or scipy LinearOperator
         The ``m x n`` matrix.
+        A Dask array chunked by rows is accepted too: the tall products run in Dask, the
+        small factorizations in memory, in ``2 q + 2`` passes over ``A``; the tall factor
+        ``U`` is returned as Dask arrays (see the Dask guide).
     rank : int
         Number ``k`` of singular triplets, ``1 <= k <= min(m, n)``.
     oversample : int, default 10

@@ -24,7 +24,10 @@ class SketchingOperator:
     ``B @ S.T``, ``Y @ S``) and gives a dense NumPy result; an input with no columns (or, on
     the left, no rows) gives an empty result of the matching shape. The random data lives on
     the host (drawn once from ``rng``) and is copied to a backend and device the first time
-    it is needed there.
+    it is needed there. A Dask array chunked by rows gives a lazy Dask result, computed in
+    one pass with each task drawing its own columns of ``S`` (equal to the in-memory result
+    for the seed, to rounding); the SRHT mixes all rows and refuses one (``BlockSRHT`` is its
+    blocked form).
     """
 
     # Make NumPy defer ``ndarray @ S`` to our ``__rmatmul__`` instead of building an object array.

@@ -68,7 +68,7 @@ class GaussianSketch(SketchingOperator):
         for gen, lo, hi in self._stream.blocks(start, stop):
             (cols,) = _gaussian_columns(d, gen, hi - lo)
             a, b = max(lo, start), min(hi, stop)
-            out += cols[a - lo:b - lo].T.astype(X.dtype) @ X[a - start:b - start]
+            out += cols[a - lo:b - lo].T.astype(X.dtype, copy=False) @ X[a - start:b - start]
         return out
 
     def _dense(self, like: Any) -> Any:
