@@ -5,7 +5,7 @@ whole), then read by a ``dask.distributed`` LocalCluster of worker processes, ea
 memory limit below the matrix size. The reader logs every chunk it serves, so the passes over
 the data are counted, not assumed::
 
-    python examples/dask_out_of_core.py                      # 768 MiB on 2 workers x 256 MiB
+    python examples/dask_out_of_core.py                      # 768 MiB on 2 workers x 300 MiB
     python examples/dask_out_of_core.py --rows 131072 --cols 128 --memory-limit 200MiB
 
 Prints: a sparse sign sketch of ``A`` (one pass, with a progress bar), a rank-10 ``rsvd``
@@ -66,9 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3 << 17)
     parser.add_argument("--cols", type=int, default=256)
-    parser.add_argument("--chunk", type=int, default=16384, help="rows per chunk")
+    parser.add_argument("--chunk", type=int, default=8192, help="rows per chunk")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--memory-limit", default="256MiB", help="per worker")
+    parser.add_argument("--memory-limit", default="300MiB", help="per worker")
     args = parser.parse_args()
     m, n = args.rows, args.cols
 
