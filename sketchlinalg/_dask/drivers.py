@@ -18,29 +18,25 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .. import _backend
+from .. import backend
+from .._lowrank import check_products_finite, check_symmetric_sketch, orthonormalize
 from .._rng import normalize_rng
 from .._validation import check_int
-from ..comps.range_finder import (
-    check_kind,
-    check_products_finite,
-    check_symmetric_sketch,
-    orthonormalize,
-)
-from ..sketching import sketch as make_sketch
+from ..sketching import SketchingOperator
+from ..sketching._spec import build_operator, check_spec
 from .sketch import check_dask_matrix
 
 
 def range_finder(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
                  rng: Any) -> Any:
-    X, l, q, kind, gen = _prepare(A, rank, oversample, power_iters, sketch, rng)
-    return _basis(X, l, q, kind, gen).astype(A.dtype)
+    X, _, q, S = _prepare(A, rank, oversample, power_iters, sketch, rng)
+    return _basis(X, q, S).astype(A.dtype)
 
 
 def rsvd(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
          rng: Any) -> tuple[Any, Any, Any]:
-    X, l, q, kind, gen = _prepare(A, rank, oversample, power_iters, sketch, rng)
-    Q = _basis(X, l, q, kind, gen)
+    X, _, q, S = _prepare(A, rank, oversample, power_iters, sketch, rng)
+    Q = _basis(X, q, S)
     W = (X.T @ Q).compute()
     check_products_finite(np, W)
     P, R = orthonormalize(np, W, passes=2)
@@ -52,9 +48,9 @@ def rsvd(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
 
 def eigh_randomized(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
                     rng: Any) -> tuple[Any, Any]:
-    X, l, q, kind, gen = _prepare(A, rank, oversample, power_iters, sketch, rng, square=True)
+    X, l, q, S = _prepare(A, rank, oversample, power_iters, sketch, rng, square=True)
     n, k = X.shape[0], int(rank)
-    Q = _basis(X, l, q, kind, gen)
+    Q = _basis(X, q, S)
     AQ = X @ Q.compute()  # Q is n x l, like the test matrix: it fits in memory
     B, scale = dask.compute(Q.T @ AQ, da.linalg.norm(AQ))
     check_products_finite(np, B)
@@ -66,9 +62,9 @@ def eigh_randomized(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch
 
 
 def nystrom(A: Any, rank: Any, oversample: Any, sketch: Any, rng: Any) -> tuple[Any, Any]:
-    X, l, _, kind, gen = _prepare(A, rank, oversample, 0, sketch, rng, square=True)
+    X, l, _, S = _prepare(A, rank, oversample, 0, sketch, rng, square=True)
     n, k, work = X.shape[0], int(rank), X.dtype
-    Omega, _ = orthonormalize(np, _test_matrix(kind, l, n, gen, work), passes=2)
+    Omega, _ = orthonormalize(np, _test_matrix(S, work), passes=2)
     Y, scale, finite = dask.persist(X @ Omega, da.linalg.norm(X @ Omega), da.isfinite(X).all())
     _check_finite(finite)
     scale = float(scale.compute())
@@ -82,25 +78,26 @@ def nystrom(A: Any, rank: Any, oversample: Any, sketch: Any, rng: Any) -> tuple[
     P, R, B = dask.persist(P, R, Omega.T @ Y_nu)
     B = B.compute()
     check_symmetric_sketch(np, B, scale, n, work)
-    C = _backend.cholesky(0.5 * (B + B.T))
+    C = backend.cholesky(0.5 * (B + B.T))
     if C is None:
         raise ValueError(
             "A is not positive semidefinite: the sketch Omega^T A Omega + nu I has no "
             "Cholesky factor (use eigh_randomized for symmetric indefinite matrices)")
     # E = Y_nu C^{-T} = P (R C^{-T}) and R C^{-T} = (C^{-1} R^T)^T.
-    Xs, sigma, _ = np.linalg.svd(_backend.solve_triangular(C, R.compute().T, lower=True).T)
+    Xs, sigma, _ = np.linalg.svd(backend.solve_triangular(C, R.compute().T, lower=True).T)
     lam = np.clip(sigma[:k] ** 2 - nu, 0.0, None)
     return (P @ Xs[:, :k]).astype(A.dtype), lam.astype(A.dtype)
 
 
 def _prepare(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any, rng: Any,
-             square: bool = False) -> tuple[Any, int, int, str, np.random.Generator]:
-    """The checks of the in-memory drivers, without touching ``A``'s values (its NaN/Inf
-    test is part of the first pass); ``A`` comes back in the working dtype."""
+             square: bool = False) -> tuple[Any, int, int, SketchingOperator]:
+    """The checks of the in-memory drivers (``_lowrank.prepare``) without touching ``A``'s
+    values (its NaN/Inf test is part of the first pass); ``A`` comes back in the working
+    dtype, with ``l`` and the ``l x n`` operator whose adjoint is the test matrix."""
     rank = check_int(rank, "rank", minimum=1)
     p = check_int(oversample, "oversample", minimum=0)
     q = check_int(power_iters, "power_iters", minimum=0)
-    kind = check_kind(sketch)
+    check_spec(sketch)
     gen = normalize_rng(rng)
     work = check_dask_matrix(A, "A")
     m, n = A.shape
@@ -109,20 +106,23 @@ def _prepare(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any, 
     if rank > min(m, n):
         raise ValueError(f"rank must be <= min(m, n) = {min(m, n)} for A of shape {(m, n)}, "
                          f"got {rank}")
-    return A.astype(work), min(rank + p, m, n), q, kind, gen
+    l = min(rank + p, m, n)
+    S = build_operator(sketch, l, n, gen,
+                       role="l x n, l = min(rank + oversample, m, n), n the columns of A")
+    return A.astype(work), l, q, S
 
 
-def _test_matrix(kind: str, l: int, n: int, gen: np.random.Generator, work: Any) -> np.ndarray:
-    """``Omega = S^T`` (``n x l``), drawn as the in-memory drivers draw it."""
-    return make_sketch(kind, l, n, rng=gen).T @ np.eye(l, dtype=work)
+def _test_matrix(S: SketchingOperator, work: Any) -> np.ndarray:
+    """``Omega = S^T`` (``n x l``) in memory, as the in-memory drivers draw it."""
+    return S.T @ np.eye(S.shape[0], dtype=work)
 
 
-def _basis(X: Any, l: int, q: int, kind: str, gen: np.random.Generator) -> Any:
+def _basis(X: Any, q: int, S: SketchingOperator) -> Any:
     """The orthonormal ``m x l`` basis of randomized subspace iteration (HMT 2011,
     Algorithm 4.4), persisted: ``Y = A Omega`` (with the NaN/Inf test of ``A`` in the same
     pass), then per power iteration ``Z = orth(A^T orth(Y))`` (the ``n x l`` Z in memory)
     and ``Y = A Z``."""
-    Y, finite = dask.persist(X @ _test_matrix(kind, l, X.shape[1], gen, X.dtype),
+    Y, finite = dask.persist(X @ _test_matrix(S, X.dtype),
                              da.isfinite(X).all())
     _check_finite(finite)
     for _ in range(q):

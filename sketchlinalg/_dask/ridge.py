@@ -16,16 +16,16 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .. import _backend
+from .. import backend
 from .._rng import normalize_rng
 from .._validation import check_dense, check_finite, check_int, check_nonnegative
 from ..drivers.ridge import _augment, _krylov_columns, _RightFactor
-from ..sketching import BlockSRHT
-from ..sketching import sketch as make_sketch
+from ..sketching import BlockSRHT, SketchingOperator
+from ..sketching._spec import build_operator, describe
 from .sketch import check_dask_matrix
 
 
-def ridge(A: Any, b: Any, lam: Any, *, method: str, rng: Any, sketch: str,
+def ridge(A: Any, b: Any, lam: Any, *, method: str, rng: Any, sketch: Any,
           sketch_size: int | None, solver: str, tol: float | None, maxiter: int | None,
           return_info: bool) -> Any:
     """:func:`sketchlinalg.ridge` once its options are checked; see the module docstring."""
@@ -35,7 +35,7 @@ def ridge(A: Any, b: Any, lam: Any, *, method: str, rng: Any, sketch: str,
         raise ValueError(f"a Dask A must have m >= n (its rows are what is chunked and "
                          f"sketched), got A of shape {(m, n)}")
     if sketch_size is None:
-        sketch_size = min(4 * n, m)
+        sketch_size = sketch.shape[0] if isinstance(sketch, SketchingOperator) else min(4 * n, m)
     else:
         sketch_size = check_int(sketch_size, "sketch_size", minimum=1)
         if not n <= sketch_size <= m:
@@ -60,10 +60,11 @@ def ridge(A: Any, b: Any, lam: Any, *, method: str, rng: Any, sketch: str,
             S = BlockSRHT(sketch_size, m, blocks=P.A.chunks[0], rng=gen)
             info["sketch"] = f"block_srht({sketch_size}, {len(S.blocks)} blocks)"
         else:
-            S = make_sketch(sketch, sketch_size, m, rng=gen)
-            info["sketch"] = f"{sketch}({sketch_size})"
+            S = build_operator(sketch, sketch_size, m, gen,
+                               role="sketch_size x m, m the rows of A")
+            info["sketch"] = describe(sketch, S)
         SA, Sb = P.sketch(S)
-        pre = _RightFactor(P, _backend.qr_r(_augment(P, SA, Sb)))
+        pre = _RightFactor(P, backend.qr_r(_augment(P, SA, Sb)))
         info.update(factorization="qr_of_sketch" + pre.truncation, cond=pre.cond)
         x = pre.apply(pre.y0)
         if method == "sketch_precondition":
@@ -99,14 +100,14 @@ class DaskProblem:
             check_dask_matrix(b, "b", ndim=(1, 2))
         else:
             check_dense(b, "b", ndim=(1, 2))
-            if _backend.backend_name(b) != "numpy":
+            if backend.backend_name(b) != "numpy":
                 raise TypeError(f"b must be a NumPy or Dask array when A is a Dask array, got "
                                 f"{type(b).__name__}")
         if b.shape[0] != m:
             raise ValueError(f"shape mismatch: A has shape {(m, n)} but b has shape "
                              f"{tuple(b.shape)}; b needs {m} rows")
         self.lam = check_nonnegative(lam, "lam")
-        self.prec = _backend.precision(np, A.dtype, b.dtype, name="b")
+        self.prec = backend.precision(np, A.dtype, b.dtype, name="b")
         self.work, self.eps = self.prec.work, self.prec.eps
         self.shape = (m, n)
         self.nrhs = b.shape[1] if b.ndim == 2 else 1
@@ -143,7 +144,7 @@ class DaskProblem:
             raise ValueError("A contains NaN or Inf entries")
         n = self.shape[1]
         rhs = R[:, n] if self.b.ndim == 1 else R[:, n:]
-        return _backend.qr_r(_augment(self, R[:, :n], rhs))
+        return backend.qr_r(_augment(self, R[:, :n], rhs))
 
     def matvec(self, v: np.ndarray) -> np.ndarray:
         self.passes += 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _backend
+from .. import backend
 
 
 def check_dask_matrix(A: Any, name: str, ndim: tuple[int, ...] = (2,)) -> Any:
@@ -26,7 +26,7 @@ def check_dask_matrix(A: Any, name: str, ndim: tuple[int, ...] = (2,)) -> Any:
     if not isinstance(getattr(A, "_meta", None), np.ndarray):
         raise TypeError(f"{name} must be a Dask array of NumPy chunks, got chunks of type "
                         f"{type(A._meta).__name__}")
-    return _backend.compute_dtype(np, A.dtype, name)
+    return backend.compute_dtype(np, A.dtype, name)
 
 
 def sketch_rows(S: Any, A: Any) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .. import _backend
+from .. import backend
 from .._rng import RNGLike
 from .._validation import check_int
 from ._base import SketchingOperator
@@ -58,6 +58,14 @@ class BlockSRHT(SketchingOperator):
     for Nyström approximation on distributed architectures", ICML 2023, Sec. 2.
     """
 
+    @staticmethod
+    def apply_flops(d: int, m: int, **options: Any) -> float:
+        sizes = _block_sizes(options.get("blocks"), m)
+        b = max(sizes)
+        b_pad = 1 << int(np.ceil(np.log2(b))) if b > 1 else 1
+        # per block: its signs, the shared SRHT of order b_pad, the d output signs
+        return len(sizes) * (SRHT.apply_flops(d, b_pad) + d) + m
+
     def __init__(self, d: int, m: int, blocks: Any = None, rng: RNGLike = 0) -> None:
         super().__init__(d, m, rng)
         self.blocks = _block_sizes(blocks, self.shape[1])
@@ -80,7 +88,7 @@ class BlockSRHT(SketchingOperator):
 
     def _signs(self, like: Any, xp: Any, i: int) -> tuple[Any, Any]:
         return self._on(f"signs{i}", like, like.dtype, lambda: tuple(
-            _backend.from_host(s[:, None], like, like.dtype) for s in self.block_signs(i)))
+            backend.from_host(s[:, None], like, like.dtype) for s in self.block_signs(i)))
 
     def _apply_block(self, i: int, X: Any, xp: Any, signs: tuple[Any, Any]) -> Any:
         """:math:`S_i X` for the ``m_i`` rows ``X`` of block ``i``."""
