@@ -105,7 +105,7 @@ def main() -> None:
         write_matrix(Path(path), m, n, rank, rows)
         gib = m * n * 8 / 2**30
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                          memory_limit=args.memory_limit, dashboard_address=None) as cluster, \
+                          memory_limit=args.memory_limit, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             A = da.from_array(DiskRows(path), chunks=(rows, n))
             print(f"A: {m} x {n} float64 = {gib:.2f} GiB on disk, {A.numblocks[0]} chunks of "

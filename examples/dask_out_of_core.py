@@ -79,7 +79,7 @@ def main() -> None:
         print(f"A: {m} x {n} float64, {m * n * 8 / 2**20:.0f} MiB on disk in {A.numblocks[0]} "
               f"chunks; {args.workers} workers x {args.memory_limit}")
         with LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                          memory_limit=args.memory_limit, dashboard_address=None) as cluster, \
+                          memory_limit=args.memory_limit, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             S = sl.SparseSign(4 * n, m, rng=0)
             SA = (S @ A).persist()  # lazy until here; persist starts the pass

@@ -4,6 +4,7 @@ processes, against the NumPy results for the same seed, with laziness and the pa
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 
@@ -22,7 +23,7 @@ FAMILIES = ["gaussian", "countsketch", "sparse_sign", "sampling"]
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  memory_limit="400MiB", dashboard_address=None) as cluster, \
+                                  memory_limit="400MiB", dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as c:
         yield c
 
@@ -176,6 +177,21 @@ def test_ridge(client, tmp_path, method):
     if method != "sketch_precondition":  # b as a Dask array: the same answer
         x2 = sl.ridge(Ad, da.from_array(b, chunks=700), 1e-3, method=method, rng=12)
         assert_close(x2, x, factor=100)
+
+
+def test_sketch_argument_as_operator_or_factory(client):
+    A = matrix_with_spectrum(1500, 40, 0.7 ** np.arange(40), rng=13)
+    Ad = da.from_array(A, chunks=(400, 40))
+    factory = functools.partial(sl.SparseSign, nnz=4)
+    _, s, _ = sl.rsvd(Ad, 5, power_iters=1, sketch=factory, rng=1)
+    assert_close(s, sl.rsvd(A, 5, power_iters=1, sketch=factory, rng=1)[1], factor=1e3)
+    b = np.random.default_rng(14).standard_normal(1500)
+    S = sl.CountSketch(160, 1500, rng=2)
+    x, info = sl.ridge(Ad, b, 1e-2, method="sketch_solve", sketch=S, return_info=True)
+    assert info["sketch"] == repr(S)
+    assert_close(x, sl.ridge(A, b, 1e-2, method="sketch_solve", sketch=S), factor=1e4)
+    with pytest.raises(ValueError, match="shape"):
+        sl.ridge(Ad, b, 1.0, method="sketch_solve", sketch=sl.CountSketch(160, 1499))
 
 
 # -- bad input -----------------------------------------------------------------------------
