@@ -29,20 +29,32 @@ import sketchlinalg as sl
 
 
 class DiskRows:
-    """The ``.npy`` matrix, opened as a memmap inside each task (a ``numpy.memmap`` given to
-    ``da.from_array`` would be pickled whole into the graph); every block served is logged."""
+    """The C-ordered ``.npy`` matrix, read by each task with a seek and one read (a
+    ``numpy.memmap`` given to ``da.from_array`` would be pickled whole into the graph, and
+    its mapped pages count in the workers' resident memory); every block read is logged."""
 
     def __init__(self, path: Path, log: Path) -> None:
         self.path, self.log = str(path), str(log)
-        head = np.load(self.path, mmap_mode="r")
-        self.shape, self.dtype, self.ndim = head.shape, head.dtype, head.ndim
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            self.shape, _, self.dtype = read_header(f)
+            self.offset = f.tell()
+        self.ndim = len(self.shape)
 
     def __getitem__(self, key):
-        block = np.array(np.load(self.path, mmap_mode="r")[key])
-        if block.size:  # Dask probes the dtype with an empty slice
-            with open(self.log, "a") as f:
-                f.write(f"{key[0].start}\n")
-        return block
+        rows, cols = key
+        a, b, _ = rows.indices(self.shape[0])
+        n = self.shape[1]
+        if b <= a:  # Dask probes the dtype with an empty slice: not a read
+            return np.empty((0, n), dtype=self.dtype)[:, cols]
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + a * n * self.dtype.itemsize)
+            block = np.fromfile(f, dtype=self.dtype, count=(b - a) * n)
+        with open(self.log, "a") as f:
+            f.write(f"{a}\n")
+        return block.reshape(b - a, n)[:, cols]
 
     def reads(self) -> str:
         """How many chunks were read how many times, e.g. ``{1: 24}``; then reset."""
