@@ -24,7 +24,6 @@ signal plus noise, written chunk by chunk (the writer never holds it whole).
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,13 @@ from distributed import Client, LocalCluster
 import sketchlinalg as sl
 
 PAUSE = 0.5
+
+
+def peak_resident_kib() -> int:
+    """Peak resident memory of this process since it started (Linux's VmHWM; ``ru_maxrss``
+    would include the parent's peak at fork, which exec keeps)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
 class DiskRows:
@@ -164,7 +170,7 @@ def main() -> None:
                 print(f"   ridge {method:28s} {t:7.2f} s  {t / t_lstsq:5.2f}x  {passes} passes "
                       f"error {err:.1e}")
 
-            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            peaks = client.run(peak_resident_kib)
             print("\n5. peak resident memory per worker: "
                   + ", ".join(f"{v / 2**10:.0f} MiB" for v in peaks.values())
                   + f" (limit {args.memory_limit}; the matrix is {gib * 1024:.0f} MiB)")

@@ -16,7 +16,6 @@ each, and the peak resident memory of each worker process.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -26,6 +25,13 @@ import numpy as np
 from distributed import Client, LocalCluster, progress
 
 import sketchlinalg as sl
+
+
+def peak_resident_kib() -> int:
+    """Peak resident memory of this process since it started (Linux's VmHWM; ``ru_maxrss``
+    would include the parent's peak at fork, which exec keeps)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
 class DiskRows:
@@ -110,7 +116,7 @@ def main() -> None:
             print(f"ridge sketch_solve: |x - 1|_max = {np.abs(x - 1).max():.2e}, passes "
                   f"{info['passes']} (with the reported residual); chunk reads: {src.reads()}")
 
-            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            peaks = client.run(peak_resident_kib)
             print("peak resident memory per worker: "
                   + ", ".join(f"{v / 2**10:.0f} MiB" for v in peaks.values()))
 
