@@ -93,9 +93,11 @@ LINALG_SKETCHES = {"wood_p": 60, "wood_n": 5, "rsvd_shape": (60, 40), "rsvd_powe
                                     {"sketch_adjoint_scale": 1.02}],
                          ids=["S x1.02", "S x0.98", "S.T x1.02"])
 def test_linalg_isometry_fails_just_past_a_2_percent_scaling(params):
-    # A 2% scaling of S moves E||SX||²/||X||² to 1.04, 1.3-3 of its 3-standard-error
+    # A 2% scaling of S moves E||SX||²/||X||² to 1.04, 1.8-4.3 of its 3-standard-error
     # half-widths in the quick run (the exact sketches pass, test_quick_check_passes): just
-    # past the band, inside a band 3 times wider. On S.T alone it breaks X.T @ S.T = S @ X
+    # past the band, inside a band 5 times wider (CountSketch's standard error is the
+    # smallest: 0.04 is 3.4 of its half-widths at the expectation, 4.2 in the draw of its
+    # column-blocked stream). On S.T alone it breaks X.T @ S.T = S @ X
     # and <X, S.T(SX)> = ||SX||² per draw, by 4% against rounding (1e-16). The distortion
     # rows (second moments) move by less than their noise and are not asserted on.
     result = run_check("linalg", Config(quick=True, params={**LINALG_SKETCHES, **params}))
@@ -105,7 +107,7 @@ def test_linalg_isometry_fails_just_past_a_2_percent_scaling(params):
         for k in kinds:
             v = {c.name: c.values for c in result.checks}[f"sketch isometry: {k}"]
             assert v["err_sides"] <= 1
-            assert 1 < abs(v["scale"] - 1) / v["scale_ci"] < 3, k
+            assert 1 < abs(v["scale"] - 1) / v["scale_ci"] < 5, k
 
 
 @pytest.mark.parametrize(("factor", "passes"), [(1.05, False), (0.95, True)])
@@ -230,12 +232,13 @@ def test_ntk_gradient_descent_regime_edge(width, passes, lo, hi):
 
 
 @pytest.mark.parametrize(("scale", "passes", "lo", "hi"), [(0.66, False, 2 / 3, 0.7),
-                                                       (0.68, True, 0.63, 2 / 3)])
+                                                       (0.69, True, 0.63, 2 / 3)])
 def test_ntk_sketched_bound_applicability_edge(scale, passes, lo, hi):
     # The sketched-GN bound holds for ε < 1 with η (1/(1-ε) + 1) <= 2, i.e. ε <= 2/3 at
     # η = 1/2. Scaling S by c moves ε to about 1 - c²(1 - ε_1); these c put the largest ε just
     # above or below 2/3 (the rate stays under its limit): dropping the step condition or
-    # loosening it lets c = 0.66 pass.
+    # loosening it lets c = 0.66 pass. (With the column-blocked sketch streams ε_1 ~ 0.28:
+    # c = 0.68 gives ε = 0.668, c = 0.69 gives 0.659.)
     params = {**NTK_GN_ONLY, "sketches": ("sparse_sign",), "bound_steps": 24,
               "sketch_scale": scale}
     result = run_check("ntk", Config(quick=True, params=params))
