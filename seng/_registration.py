@@ -3,10 +3,12 @@ and sample dimensions given or inferred, and what is left uncovered and why."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import Any
 
+import torch
 from torch import nn
 
 from .layer import Layer, Part
@@ -121,6 +123,25 @@ def shared_unsupported(uses: list[tuple[str, nn.Module, str]], param: nn.Paramet
             return (f"the block of {type(m).__name__} {name!r} is not laid out as the "
                     "parameter")
     return ""
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module that ``torch.compile`` wrapped (``model._orig_mod``), else ``model``: layers
+    are named and hooked on it, so that names, and so state_dicts, are the same whether
+    the preconditioner was built on the compiled model or the plain one (the hooks of its
+    submodules run in both).
+
+    For a compiled model the compile caches are cleared (``torch.compiler.reset()``):
+    torch.compile does not guard on module hooks, so code it compiled before the hooks
+    existed would never call them and no curvature would be captured.
+    """
+    if "torch._dynamo" not in sys.modules:  # nothing was compiled (and nothing to import)
+        return model
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        torch.compiler.reset()
+        while isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+    return model
 
 
 def check_routes(model: nn.Module, routes: Mapping[Any, str] | None) -> dict[Any, str]:

@@ -15,7 +15,7 @@ from sketchlinalg.backend import RNGLike, all_finite, normalize_rng
 
 from . import _hyper
 from ._capture import Call, Capture, merge_micro_batches, usable_samples, work_dtype
-from ._registration import build_layers, uncovered_parameters
+from ._registration import build_layers, uncompiled, uncovered_parameters
 from .comm import SINGLE_PROCESS, Communicator
 from .curvature import woodbury_directions
 from .fisher import sample_targets, sampled_loss
@@ -243,9 +243,9 @@ class SENGPreconditioner:
 
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
-        self.model = model
+        self.model = uncompiled(model)  # names without torch.compile's '_orig_mod.'
         default = "exact" if self.sketch is None else self.sketch
-        self._layers = build_layers(model, routes, sample_dim, default, self._route,
+        self._layers = build_layers(self.model, routes, sample_dim, default, self._route,
                                     self.fallback)
         if not self._layers:
             names = ", ".join(sorted(t.__name__ for t in HELPERS))
