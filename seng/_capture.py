@@ -141,6 +141,10 @@ class Capture:
         def first(t: torch.Tensor) -> torch.Tensor:
             return t.movedim(sample_dim, 0) if sample_dim else t
 
+        # torch.compile cannot trace the recording (its tensor hook has side effects, which
+        # need compiled autograd): the hook runs eagerly, and a compiled forward breaks into
+        # one graph per registered module (benchmarks/bench_seng_compile.py measures it).
+        @torch.compiler.disable
         def forward_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             if not (self.active and module.training and torch.is_grad_enabled()):
                 return
