@@ -23,16 +23,20 @@ class Call:
     None: the hooks then hold the stand-in instead of the input and output gradient.
     """
 
-    __slots__ = ("failed", "grad", "n", "payload", "received", "reduce", "reduced")
+    __slots__ = ("failed", "grad", "index", "n", "payload", "received", "reduce", "reduced")
 
-    def __init__(self, payload: Payload, n: int, reduce: Any = None) -> None:
+    def __init__(self, payload: Payload, n: int, reduce: Any = None,
+                 index: torch.Tensor | None = None) -> None:
         self.payload = payload
         self.n = n
+        self.index = index
         self.grad: torch.Tensor | None = None
         self.reduce = reduce
         self.received = self.reduced = self.failed = False
 
     def add_grad(self, grad: torch.Tensor) -> None:
+        """Record the output gradient (rows ``index`` of it: the curvature subset)."""
+        grad = take(grad, self.index)
         if self.received:
             if self.reduced:  # the input is gone: a second backward cannot be reduced
                 self.failed = True
@@ -41,6 +45,9 @@ class Call:
             else:
                 self.grad = self.grad + grad
             return
+        # The payload's subset is taken only now: until the backward, the whole input is
+        # held by autograd anyway, whereas a subset taken in the forward would be a copy.
+        self.payload = take(self.payload, self.index)
         stand_in = None if self.reduce is None else self.reduce(self.payload, grad)
         if stand_in is None:
             self.grad = grad
@@ -165,16 +172,15 @@ class Capture:
             payload = helper.capture_forward(inputs, output)
             n = leading(payload)
             index = self.subset(n)
-            call = Call(take(payload, index), n, helper.reduce)
+            call = Call(payload, n, helper.reduce, index)
             self.calls[name].append(call)
             if isinstance(target, tuple):
                 _hook_outputs(targets, lambda grads: self._deliver(
-                    call, lambda: take(helper.capture_grad(grads), index)))
+                    call, lambda: helper.capture_grad(grads)))
                 return
             shape = target.shape
             hooked_tensor(target).register_hook(lambda grad: self._deliver(
-                call, lambda: take(helper.capture_grad(first(grad.detach().reshape(shape))),
-                                   index)))
+                call, lambda: helper.capture_grad(first(grad.detach().reshape(shape)))))
 
         def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if self.active and module.training and torch.is_grad_enabled():
