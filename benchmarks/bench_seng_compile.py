@@ -73,7 +73,7 @@ def graphs_per_step(seng: bool) -> tuple[int, int]:
         return run
 
     torch.compiler.reset()
-    step, pre = trainer(True, seng, counting)
+    step, _ = trainer(True, seng, counting)
     counts = []
     for _ in range(2):  # step 0 refreshes the curvature, step 1 does not
         before = runs[0]
