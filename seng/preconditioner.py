@@ -561,9 +561,9 @@ class SENGPreconditioner:
 
     def _missing(self, layer: Layer, block: torch.Tensor, damping: float) -> torch.Tensor:
         self._count("missing_curvature", f"layer {layer.name!r} has a gradient but no "
-                    "curvature (nothing captured: eval mode, no_grad, or a new set of "
-                    "trainable parameters); it gets the damped gradient until the next "
-                    "capture")
+                    "curvature (nothing captured: eval mode, no_grad, a new set of "
+                    "trainable parameters, or an input its helper does not record, such as a "
+                    "PackedSequence); it gets the damped gradient until the next capture")
         layer.needs_refresh = True
         return self._without_curvature(block, damping)
 
