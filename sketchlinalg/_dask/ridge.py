@@ -17,10 +17,10 @@ import dask.array as da
 import numpy as np
 
 from .. import backend
+from .._ridge_solve import RightFactor, augment, krylov_columns, resolve_sketch_size
 from .._rng import normalize_rng
-from .._validation import check_dense, check_finite, check_int, check_nonnegative
-from ..drivers.ridge import _augment, _krylov_columns, _RightFactor
-from ..sketching import BlockSRHT, SketchingOperator
+from .._validation import check_dense, check_finite, check_nonnegative
+from ..sketching import BlockSRHT
 from ..sketching._spec import build_operator, describe
 from .sketch import check_dask_matrix
 
@@ -34,13 +34,7 @@ def ridge(A: Any, b: Any, lam: Any, *, method: str, rng: Any, sketch: Any,
     if m < n:
         raise ValueError(f"a Dask A must have m >= n (its rows are what is chunked and "
                          f"sketched), got A of shape {(m, n)}")
-    if sketch_size is None:
-        sketch_size = sketch.shape[0] if isinstance(sketch, SketchingOperator) else min(4 * n, m)
-    else:
-        sketch_size = check_int(sketch_size, "sketch_size", minimum=1)
-        if not n <= sketch_size <= m:
-            raise ValueError(f"sketch_size must satisfy n <= sketch_size <= m ({n} <= d <= {m}),"
-                             f" got {sketch_size}")
+    sketch_size = resolve_sketch_size(sketch, sketch_size, m, n)
     gen = normalize_rng(rng)
     info: dict[str, Any] = {}
     if method == "auto":
@@ -52,7 +46,7 @@ def ridge(A: Any, b: Any, lam: Any, *, method: str, rng: Any, sketch: Any,
         x = P.zeros((n, P.nrhs) if P.b.ndim == 2 else (n,))
         info.update(factorization="none", cond=math.nan, note="empty problem: x is empty")
     elif method == "direct":
-        pre = _RightFactor(P, P.qr_r_of_tall())
+        pre = RightFactor(P, P.qr_r_of_tall())
         info.update(factorization="tsqr" + pre.truncation, cond=pre.cond)
         x = pre.apply(pre.y0)
     else:
@@ -64,11 +58,11 @@ def ridge(A: Any, b: Any, lam: Any, *, method: str, rng: Any, sketch: Any,
                                role="sketch_size x m, m the rows of A")
             info["sketch"] = describe(sketch, S)
         SA, Sb = P.sketch(S)
-        pre = _RightFactor(P, backend.qr_r(_augment(P, SA, Sb)))
+        pre = RightFactor(P, backend.qr_r(augment(P, SA, Sb)))
         info.update(factorization="qr_of_sketch" + pre.truncation, cond=pre.cond)
         x = pre.apply(pre.y0)
         if method == "sketch_precondition":
-            x, kinfo = _krylov_columns(P, pre, sketch_size, solver, tol, maxiter)
+            x, kinfo = krylov_columns(P, pre, sketch_size, solver, tol, maxiter)
             info.update(kinfo)
     if not bool(np.all(np.isfinite(x))):
         raise FloatingPointError(f"ridge ({method}): the solution overflowed to NaN/Inf; "
@@ -144,7 +138,7 @@ class DaskProblem:
             raise ValueError("A contains NaN or Inf entries")
         n = self.shape[1]
         rhs = R[:, n] if self.b.ndim == 1 else R[:, n:]
-        return backend.qr_r(_augment(self, R[:, :n], rhs))
+        return backend.qr_r(augment(self, R[:, :n], rhs))
 
     def matvec(self, v: np.ndarray) -> np.ndarray:
         self.passes += 1

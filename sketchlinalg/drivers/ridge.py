@@ -11,11 +11,15 @@ import numpy as np
 
 from .. import backend
 from .._linop import as_matrix
+from .._ridge_solve import (
+    RightFactor,
+    augment,
+    cond_triangular,
+    krylov_columns,
+    resolve_sketch_size,
+)
 from .._rng import RNGLike, normalize_rng
 from .._validation import check_dense, check_finite, check_int, check_nonnegative
-from ..comps.lsqr import lsqr
-from ..comps.pcg import pcg
-from ..sketching import SketchingOperator
 from ..sketching import sketch as make_sketch
 from ..sketching._spec import SketchSpec, build_operator, check_spec, describe
 
@@ -203,13 +207,7 @@ def ridge(
             f"method={method!r} needs m >= n (it sketches the rows of A), got A of shape "
             f"{(m, n)}; use method='direct'"
         )
-    if sketch_size is None:
-        sketch_size = sketch.shape[0] if isinstance(sketch, SketchingOperator) else min(4 * n, m)
-    else:
-        sketch_size = check_int(sketch_size, "sketch_size", minimum=1)
-        if not n <= sketch_size <= m:
-            raise ValueError(f"sketch_size must satisfy n <= sketch_size <= m ({n} <= d <= {m}),"
-                             f" got {sketch_size}")
+    sketch_size = resolve_sketch_size(sketch, sketch_size, m, n)
     gen = normalize_rng(rng)
     if n == 0 or P.nrhs == 0:  # nothing to solve: x is empty (and exact)
         x = P.finish(P.zeros((n, P.nrhs) if P.b.ndim == 2 else (n,)))
@@ -242,7 +240,7 @@ def ridge(
                     + pre.truncation, cond=pre.cond)
         x = pre.apply(pre.y0)
         if method == "sketch_precondition":
-            x, kinfo = _krylov_columns(P, pre, sketch_size, solver, tol, maxiter)
+            x, kinfo = krylov_columns(P, pre, sketch_size, solver, tol, maxiter)
             info.update(kinfo)
     if not bool(P.xp.all(P.xp.isfinite(x))):
         raise FloatingPointError(f"ridge ({info['method']}): the solution overflowed to NaN/Inf; "
@@ -332,7 +330,7 @@ def _auto_method(P: _Problem, gen: np.random.Generator) -> tuple[str, str]:
     d = min(4 * n, m)
     SA = make_sketch("sampling", d, m, rng=gen) @ P.A
     L = backend.cholesky(SA.T @ SA + P.lam * P.eye(n))
-    kappa = math.inf if L is None else _cond_triangular(P.xp, L, lower=True)
+    kappa = math.inf if L is None else cond_triangular(P.xp, L, lower=True)
     limit = P.eps ** -0.25
     if kappa <= limit:
         return "cholesky_or_sketch", (f"cond estimate from {d} sampled rows {kappa:.2e} <= "
@@ -351,7 +349,7 @@ def _cholesky(P: _Problem) -> tuple[Any, dict[str, Any]]:
     if L is None:
         return None, {"note": "Cholesky of A^T A + lam I failed (not numerically positive "
                               "definite)"}
-    kappa = _cond_triangular(P.xp, L, lower=True)
+    kappa = cond_triangular(P.xp, L, lower=True)
     limit = P.eps ** -0.25
     if kappa > limit:
         return None, {"note": f"Cholesky rejected: cond estimate {kappa:.2e} > eps^(-1/4) = "
@@ -363,162 +361,20 @@ def _cholesky(P: _Problem) -> tuple[Any, dict[str, Any]]:
 
 def _qr(P: _Problem) -> tuple[Any, dict[str, Any]]:
     """Householder QR of [A b; sqrt(lam) I 0]: R x = (Q^T [b; 0])_{1:n}."""
-    F = _RightFactor(P, backend.qr_r(_augment(P, P.dense(), P.b)))
+    F = RightFactor(P, backend.qr_r(augment(P, P.dense(), P.b)))
     return F.apply(F.y0), {"factorization": "qr" + F.truncation, "cond": F.cond}
 
 
-def _augment(P: _Problem, top: Any, rhs: Any) -> Any:
-    """``[top rhs; sqrt(lam) I 0]`` (the last block only when lam > 0); ``rhs`` of shape
-    ``(rows,)`` or ``(rows, k)``."""
-    xp, n = P.xp, P.shape[1]
-    R = rhs[:, None] if rhs.ndim == 1 else rhs
-    X = xp.concat([top, R], axis=1)
-    if P.lam == 0:
-        return X
-    return xp.concat([X, xp.concat([math.sqrt(P.lam) * P.eye(n), P.zeros((n, R.shape[1]))],
-                                   axis=1)], axis=0)
-
-
-class _RightFactor:
-    r"""From the R factor of ``[X | C]`` (``X = Q R``, ``Z = (Q^T C)_{1:n}``, ``C`` of one or
-    more columns): ``N = R^{-1}`` and ``y0 = Z``, so that ``N y0`` solves ``min |X x - c|``
-    per column.
-
-    The rank rule (that of ``numpy.linalg.lstsq`` and ``matrix_rank``): singular values of
-    ``R`` (those of ``X``) at most ``max(m, n) eps sigma_1`` count as zero, ``m x n`` the shape
-    of ``A``. When the condition estimate of ``R`` exceeds a tenth of ``1/(max(m, n) eps)``
-    (a margin for the estimate, a lower bound; an exactly zero diagonal entry, as a zero
-    column of ``A`` gives, counts as infinite), the SVD ``R = U \Sigma V^T`` decides; if it
-    finds rank ``r < n``, ``N = V_r \Sigma_r^{-1}`` and ``y0 = U_r^T Z`` give the
-    minimum-norm solution on the numerical range."""
-
-    def __init__(self, P: _Problem, Rt: Any) -> None:
-        xp, (m, n) = P.xp, P.shape
-        self.R, z = Rt[:n, :n], Rt[:n, n] if P.b.ndim == 1 else Rt[:n, n:]
-        self.cond = _cond_triangular(xp, self.R, lower=False)
-        self.V = None
-        self.y0 = z
-        self.truncation = ""
-        self.sketch = ""  # the sketch's label, set by _sketch_factor
-        rtol = max(m, n) * P.eps
-        if self.cond > 0.1 / rtol:
-            U, s, Vh = xp.linalg.svd(self.R)
-            s_host = backend.to_host(s).astype(np.float64)
-            r = int(np.sum(s_host > rtol * s_host[0]))
-            self.cond = float(s_host[0] / s_host[r - 1]) if r > 0 else math.inf
-            if r < n:
-                self.V = Vh[:r, :].T / s[None, :r]  # V_r Sigma_r^{-1}
-                self.y0 = U[:, :r].T @ z
-                self.truncation = f" + truncated SVD of R (rank {r} of {n})"
-
-    def apply(self, y: Any) -> Any:
-        """``N y``."""
-        if self.V is not None:
-            return self.V @ y
-        return backend.solve_triangular(self.R, y, lower=False)
-
-    def apply_t(self, z: Any) -> Any:
-        """``N^T z``."""
-        if self.V is not None:
-            return self.V.T @ z
-        return backend.solve_triangular(self.R, z, lower=False, trans=True)
-
-
-def _sketch_factor(P: _Problem, spec: Any, d: int, gen: np.random.Generator) -> _RightFactor:
+def _sketch_factor(P: _Problem, spec: Any, d: int, gen: np.random.Generator) -> RightFactor:
     r"""QR of the sketched ``[S A  S b; sqrt(lam) I 0]``: the right preconditioner, and the
     sketch-and-solve solution ``N y0`` (``sketch`` labels ``S`` for the report)."""
     S = build_operator(spec, d, P.shape[0], gen, role="sketch_size x m, m the rows of A")
     SA = S @ P.A
     if P.sparse:
         SA = P.xp.asarray(SA, dtype=P.work)
-    pre = _RightFactor(P, backend.qr_r(_augment(P, SA, S @ P.b)))
+    pre = RightFactor(P, backend.qr_r(augment(P, SA, S @ P.b)))
     pre.sketch = describe(spec, S)
     return pre
-
-
-def _krylov_columns(P: _Problem, pre: _RightFactor, d: int, solver: str, tol: float | None,
-                    maxiter: int | None) -> tuple[Any, dict[str, Any]]:
-    """:func:`_krylov` on each column of a 2-D ``b``; the per-run entries of ``info`` become
-    lists with one entry per column (``converged``: all of them)."""
-    if P.b.ndim == 1:
-        return _krylov(P, pre, P.b, pre.y0, d, solver, tol, maxiter)
-    runs = [_krylov(P, pre, P.b[:, j], pre.y0[:, j], d, solver, tol, maxiter)
-            for j in range(P.nrhs)]
-    infos = [k for _, k in runs]
-    merged: dict[str, Any] = {key: [k[key] for k in infos] for key in infos[0]}
-    merged.update(solver=solver, converged=all(merged["converged"]))
-    return P.xp.stack([x for x, _ in runs], axis=1), merged
-
-
-def _krylov(P: _Problem, pre: _RightFactor, b: Any, y0: Any, d: int, solver: str,
-            tol: float | None, maxiter: int | None) -> tuple[Any, dict[str, Any]]:
-    """LSQR on [A; sqrt(lam) I] N (or CG on its normal equations) from the sketch solution
-    ``y0``, for one right-hand side ``b``."""
-    xp, (m, n) = P.xp, P.shape
-    root = math.sqrt(P.lam)
-
-    def matvec(y: Any) -> Any:
-        t = pre.apply(y)
-        return xp.concat([P.matvec(t), root * t]) if P.lam > 0 else P.matvec(t)
-
-    def rmatvec(u: Any) -> Any:
-        s = P.rmatvec(u[:m])
-        return pre.apply_t(s + root * u[m:] if P.lam > 0 else s)
-
-    rhs = xp.concat([b, P.zeros((n,))]) if P.lam > 0 else b
-    if solver == "cg":
-        y, kinfo = pcg(lambda v: rmatvec(matvec(v)), rmatvec(rhs), x0=y0, rtol=tol,
-                       maxiter=2 * y0.shape[0] if maxiter is None else maxiter)
-        return pre.apply(y), {"solver": "cg", "iterations": kinfo["iterations"],
-                              "converged": kinfo["converged"], "restarts": 0,
-                              "residual_history": kinfo["residuals"]}
-    y, kinfo = lsqr((matvec, rmatvec), rhs, x0=y0, atol=tol, btol=tol, maxiter=maxiter)
-    runs = [kinfo]
-    if pre.cond > P.eps ** -0.25:
-        # Ill-conditioned: restart once from the converged iterate (iterative refinement with
-        # the residual recomputed; Epperly, Meier and Nakatsukasa 2024). The warm start's
-        # forward error exceeds Householder QR's by up to ~ |S| ~ sqrt(m/d) (rounding of S A)
-        # while its residual is already at rounding level, so the restart runs at least the
-        # k steps that contract 10 sqrt(m/d) by the LSRN rate sqrt(n/d): k = log(10 sqrt(m/d))
-        # / log(sqrt(d/n)).
-        k_min = 0 if d == n else math.ceil(math.log(10 * math.sqrt(m / d))
-                                           / math.log(math.sqrt(d / n)))
-        y, kinfo = lsqr((matvec, rmatvec), rhs, x0=y, atol=tol, btol=tol, maxiter=maxiter,
-                        miniter=k_min)
-        runs.append(kinfo)
-    return pre.apply(y), {
-        "solver": "lsqr", "iterations": sum(k["iterations"] for k in runs),
-        "iterations_per_run": [k["iterations"] for k in runs],
-        "converged": runs[-1]["converged"], "restarts": len(runs) - 1,
-        "residual_history": np.concatenate([k["residuals"] for k in runs])}
-
-
-def _cond_triangular(xp: Any, T: Any, *, lower: bool, iters: int = 10) -> float:
-    r"""Estimate of :math:`\mathrm{cond}_2(T)` for a square triangular ``T``: power iteration on
-    :math:`T^T T` and inverse iteration with triangular solves, ``iters`` steps each
-    (:math:`O(n^2)` per step; a lower bound that is typically within a factor 2)."""
-    n = T.shape[0]
-    if not bool(xp.all(xp.linalg.diagonal(T) != 0)):
-        return math.inf  # exactly singular (a zero column of A): no triangular solve
-    start = np.random.default_rng(0).standard_normal(n)  # fixed start vector, no global state
-    v = backend.from_host(start / np.linalg.norm(start), like=T, dtype=T.dtype)
-    w = v
-    big = small = 0.0
-    for _ in range(iters):
-        w = T.T @ (T @ w)
-        big = float(xp.linalg.vector_norm(w))
-        if not big > 0 or not math.isfinite(big):
-            break
-        w = w / big
-    w = v
-    for _ in range(iters):
-        w = backend.solve_triangular(T, backend.solve_triangular(T, w, lower=lower, trans=True),
-                                      lower=lower)
-        small = float(xp.linalg.vector_norm(w))
-        if not small > 0 or not math.isfinite(small):
-            return math.inf
-        w = w / small
-    return math.sqrt(big * small) if big > 0 else math.inf
 
 
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
