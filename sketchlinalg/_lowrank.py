@@ -22,6 +22,15 @@ from .sketching._spec import build_operator, check_spec
 logger = logging.getLogger(__name__)
 
 
+def check_rank_shape(rank: int, m: int, n: int, square: bool) -> None:
+    """A ``ValueError`` unless ``rank <= min(m, n)`` (and ``m == n`` when ``square``)."""
+    if square and m != n:
+        raise ValueError(f"shape mismatch: A must be square (symmetric), got shape {(m, n)}")
+    if rank > min(m, n):
+        raise ValueError(f"rank must be <= min(m, n) = {min(m, n)} for A of shape {(m, n)}, "
+                         f"got {rank}")
+
+
 def prepare(
     A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any, rng: RNGLike,
     square: bool = False,
@@ -37,11 +46,7 @@ def prepare(
     dense = not (scipy.sparse.issparse(A) or isinstance(A, scipy.sparse.linalg.LinearOperator))
     M = as_matrix(A, "A", check_values=not dense)
     m, n = M.shape
-    if square and m != n:
-        raise ValueError(f"shape mismatch: A must be square (symmetric), got shape {(m, n)}")
-    if rank > min(m, n):
-        raise ValueError(f"rank must be <= min(m, n) = {min(m, n)} for A of shape {(m, n)}, "
-                         f"got {rank}")
+    check_rank_shape(rank, m, n, square)
     l = min(rank + p, m, n)
     if l < rank + p:
         logger.debug("rank + oversample = %d clipped to min(m, n) = %d", rank + p, l)

@@ -19,7 +19,12 @@ import dask.array as da
 import numpy as np
 
 from .. import backend
-from .._lowrank import check_products_finite, check_symmetric_sketch, orthonormalize
+from .._lowrank import (
+    check_products_finite,
+    check_rank_shape,
+    check_symmetric_sketch,
+    orthonormalize,
+)
 from .._rng import normalize_rng
 from .._validation import check_int
 from ..sketching import SketchingOperator
@@ -101,11 +106,7 @@ def _prepare(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any, 
     gen = normalize_rng(rng)
     work = check_dask_matrix(A, "A")
     m, n = A.shape
-    if square and m != n:
-        raise ValueError(f"shape mismatch: A must be square (symmetric), got shape {(m, n)}")
-    if rank > min(m, n):
-        raise ValueError(f"rank must be <= min(m, n) = {min(m, n)} for A of shape {(m, n)}, "
-                         f"got {rank}")
+    check_rank_shape(rank, m, n, square)
     l = min(rank + p, m, n)
     S = build_operator(sketch, l, n, gen,
                        role="l x n, l = min(rank + oversample, m, n), n the columns of A")
