@@ -95,6 +95,8 @@ def test_cli_lr_grid_and_seeds(tmp_path, capsys):
     (["--data", "mnist", "--data-dir", "{tmp}/nowhere"],
      ["mnist", "MNIST/raw/train-images-idx3-ubyte", "--download"]),
     (["--data", "cifar10"], ["--data-dir", "cifar-10-batches-py/data_batch_1"]),
+    (["--damping-decay", "1.01"], ["damping_decay", "1.01", "(0, 1]"]),
+    (["--damping-decay", "0"], ["damping_decay", "0.0", "(0, 1]"]),
 ])
 def test_bad_arguments_clear_error_no_results(tmp_path, capsys, args, words):
     out = tmp_path / "out"
@@ -148,10 +150,12 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, optimizer):
     every weight, optimizer state tensor (SENG's stored curvature included) and logged
     loss/accuracy must be bitwise equal. 7 steps per epoch with curvature every 3 steps, so
     the checkpoint falls between curvature updates; augmentation and dropout exercise the
-    data-loader and global RNG states; the schedule has warm-up and decay."""
+    data-loader and global RNG states; the schedule has warm-up and decay, and SENG's
+    damping decays with the step counter restored from the checkpoint."""
     kw = dict(optimizers=[optimizer], epochs=4, batch_size=64, update_freq=3, augment=True,
               schedule="poly", power=2.0, warmup=1.0, weight_decay=1e-3, sketch="countsketch",
-              sketch_size=64, checkpoint_every=1, progress=False, threads=1)
+              sketch_size=64, damping_decay=0.8, checkpoint_every=1, progress=False,
+              threads=1)
     torch_state = torch.get_rng_state()
     train(_dropout_mlp, "synthetic", out=tmp_path / "a", **kw)
     assert torch.equal(torch.get_rng_state(), torch_state), "the caller's RNG was changed"
@@ -300,7 +304,7 @@ def test_digits_split():
 # -- schedules and summaries ------------------------------------------------------------------
 def test_schedules_match_their_formulas():
     poly = Schedule("poly", decay_epochs=70, power=6)
-    assert poly.factor(10, 10.5) == pytest.approx((1 - 10 / 70) ** 6, rel=1e-15)
+    assert poly.factor(10, 10.5) == pytest.approx((1 - 10.5 / 70) ** 6, rel=1e-15)
     assert poly.factor(70, 70.0) == 0.0
     cos = Schedule("cosine", decay_epochs=10)
     assert cos.factor(5, 5.0) == pytest.approx(0.5, rel=1e-15)
@@ -309,6 +313,28 @@ def test_schedules_match_their_formulas():
     assert warm.factor(0, 0.5) == 0.25 and warm.factor(3, 3.0) == 1.0
     with pytest.raises(ValueError, match=r"schedule.*'linear'"):
         Schedule("linear")
+
+
+def test_damping_decay_per_step(monkeypatch):
+    """SENG's damping at step k is damping * rate^((k + 1) / steps_per_epoch): synthetic has
+    512 training samples, 8 steps of 64 per epoch; the progress counts the current step, as
+    the learning-rate schedule's does."""
+    import seng._hyper
+
+    real, seen = seng._hyper.damping_at, []
+
+    def record(damping, step):
+        value = real(damping, step)
+        seen.append((step, value))
+        return value
+
+    monkeypatch.setattr(seng._hyper, "damping_at", record)
+    train("mlp", "synthetic", optimizers=["seng"], epochs=2, batch_size=64, damping=2.0,
+          damping_decay=0.5, progress=False, threads=1)
+    seen = seen[-16:]  # after the study's two warm-up steps (a 2-step epoch of its own)
+    assert [k for k, _ in seen] == list(range(16))
+    for k, value in seen:
+        assert value == pytest.approx(2.0 * 0.5 ** ((k + 1) / 8), rel=1e-15), k
 
 
 def _log(opt, lr, seed, accs, status="complete"):

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=float, help="linear warm-up epochs (default 0)")
     g = p.add_argument_group("SENG")
     g.add_argument("--damping", type=float, help="default 1.0")
+    g.add_argument("--damping-decay", type=float, metavar="RATE",
+                   help="damping * RATE^t at t epochs of training, RATE in (0, 1] (default: "
+                        "constant)")
     g.add_argument("--update-freq", type=int, help="curvature every N steps (default 10)")
     g.add_argument("--sketch", choices=["none", *ROUTE_NAMES[1:]],
                    help="none (exact), auto, or a sketch family (default none)")

@@ -65,21 +65,22 @@ class Schedule:
     With ``e`` the (0-based) epoch index, ``E`` = ``decay_epochs`` and ``t`` the training
     progress in epochs (``e`` plus the fraction of the epoch done), the multiplier is
 
-    .. math:: f(e, t) = \min(1, t / w) \cdot s(e)
+    .. math:: f(e, t) = \min(1, t / w) \cdot s(e, t)
 
     (the warm-up factor applies only when ``w`` = ``warmup`` > 0; ``t`` counts the current
     step, so the first step gets a multiplier ``1 / (w * steps_per_epoch) > 0``), with
     ``s`` one of
 
-    - ``"constant"``: ``s(e) = 1``;
-    - ``"poly"``: ``s(e) = (1 - e/E)^p`` clipped at 0, ``p`` = ``power`` (the SENG paper's
-      decay, Yang et al. 2022, Section 5: ``E = 70, p = 6`` on CIFAR-10);
+    - ``"constant"``: ``s = 1``;
+    - ``"poly"``: ``s(t) = (1 - t/E)^p`` clipped at 0, ``p`` = ``power``, evaluated at
+      every step (the SENG paper's decay, Yang et al. 2022, Section 5: ``E = 70, p = 6`` on
+      CIFAR-10; its authors' code evaluates it at ``t`` = epoch + (step + 1) / steps);
     - ``"cosine"``: ``s(e) = (1 + \cos(\pi \min(e, E)/E)) / 2`` (Loshchilov and Hutter 2017,
       without restarts);
     - ``"step"``: ``s(e) = \gamma^{\lfloor e / \text{step\_size} \rfloor}``.
 
-    The decayed factor is constant within an epoch, as in the paper; the warm-up is
-    per step.
+    The cosine and step decays are constant within an epoch; the poly decay and the
+    warm-up change at every step.
     """
 
     kind: str = "constant"
@@ -103,7 +104,7 @@ class Schedule:
         """The multiplier at epoch ``epoch`` with ``progress`` epochs of training done
         (counting the current step)."""
         if self.kind == "poly":
-            s = max(0.0, 1.0 - epoch / self.decay_epochs) ** self.power
+            s = max(0.0, 1.0 - progress / self.decay_epochs) ** self.power
         elif self.kind == "cosine":
             s = 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.decay_epochs)
                                       / self.decay_epochs))
@@ -116,10 +117,25 @@ class Schedule:
         return s
 
 
+@dataclass(frozen=True)
+class DampingDecay:
+    """SENG's damping as a function of its step counter ``k`` (0-based):
+    ``damping * rate ** t`` with ``t = (k + 1) / steps_per_epoch`` the training progress in
+    epochs counting the current step, as the learning-rate schedule counts it. The SENG
+    authors' ImageNet code decays the damping this way (factor 0.9 per 10 epochs)."""
+
+    damping: float
+    rate: float
+    steps_per_epoch: int
+
+    def __call__(self, step: int) -> float:
+        return self.damping * self.rate ** ((step + 1) / self.steps_per_epoch)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every parameter group."""
     for group in optimizer.param_groups:
         group["lr"] = lr
 
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Schedule", "make_optimizer", "set_lr"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "DampingDecay", "Schedule", "make_optimizer", "set_lr"]

@@ -20,7 +20,7 @@ from torch import nn
 
 from ._files import atomic_write, write_json
 from .data import Dataset, augment_batch
-from .optim import Schedule, make_optimizer, set_lr
+from .optim import DampingDecay, Schedule, make_optimizer, set_lr
 from .parallel import SINGLE, World, replica
 
 ModelSource = nn.Module | Callable[[], nn.Module]
@@ -83,6 +83,11 @@ def run(spec: RunSpec, model_source: ModelSource, data: Dataset, rs: RunSettings
         random.seed(spec.seed)
         model = _instantiate(model_source).to(rs.device)
         seng_options = dict(rs.seng_options)
+        decay = seng_options.pop("damping_decay", None)
+        if decay is not None:
+            seng_options["damping"] = DampingDecay(
+                seng_options["damping"], decay, steps_per_epoch(len(data.y_train),
+                                                                s["batch_size"], world))
         if world.size > 1 and seng_options.get("curvature_batch") is not None:
             seng_options["curvature_batch"] //= world.size  # a global count, split evenly
         optimizer = make_optimizer(spec.optimizer, model, spec.lr, momentum=s["momentum"],
@@ -106,6 +111,12 @@ def run(spec: RunSpec, model_source: ModelSource, data: Dataset, rs: RunSettings
     return log
 
 
+def steps_per_epoch(n_all: int, batch_size: int, world: World) -> int:
+    """Global batches per epoch: ranks get equal slices, so the ``n_all mod world.size``
+    samples left at the end of each epoch's permutation are dropped."""
+    return math.ceil((n_all - n_all % world.size) / batch_size)
+
+
 def _epochs(spec: RunSpec, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer,
             loader: torch.Generator, data: Dataset, rs: RunSettings, state: dict[str, Any],
             log: dict[str, Any], log_path: Path | None, ckpt_path: Path | None) -> None:
@@ -113,7 +124,7 @@ def _epochs(spec: RunSpec, model: nn.Module, net: nn.Module, optimizer: torch.op
     s, world = rs.settings, rs.world
     n_all, bs = len(data.y_train), s["batch_size"]
     n = n_all - n_all % world.size  # ranks get equal slices: the remainder is dropped
-    steps = math.ceil(n / bs)
+    steps = steps_per_epoch(n_all, bs, world)
     epochs = s["epochs"]
     bar = _progress(rs.progress, spec.name, epochs * steps, state["step"])
     try:
