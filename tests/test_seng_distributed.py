@@ -7,6 +7,7 @@ Oracles: one process on the concatenated batch (global mode), the dense per-work
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import time
 
@@ -129,6 +130,9 @@ def _worker(rank, init, out_dir):
         dist.barrier()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
+        # The preconditioners (in reference cycles) hold the groups: free them first, so
+        # that destroy_process_group ends the groups here and not at interpreter shutdown.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -268,3 +268,35 @@ def test_unpicklable_model_refused_before_spawning():
     with pytest.raises(TypeError, match="picklable"):
         train(lambda: MLP(64, 4), "synthetic", optimizers=["sgd"], epochs=1, progress=False,
               nproc=2)
+
+
+def _teardown_rank(rank: int, tmp: str) -> None:
+    """A DDP step, then seng.train's teardown: is the process group object gone?"""
+    import gc
+    import weakref
+
+    from seng.train import parallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank,
+                            world_size=2)
+    group = weakref.ref(dist.group.WORLD)
+    torch.manual_seed(0)
+    net = torch.nn.parallel.DistributedDataParallel(MLP(8, 2))
+    net(torch.randn(4, 1, 8)).sum().backward()
+    del net
+    parallel.teardown()
+    gc.collect()
+    (Path(tmp) / f"rank{rank}.txt").write_text("gone" if group() is None else "alive")
+
+
+def test_teardown_leaves_no_process_group_to_interpreter_shutdown(tmp_path):
+    """After a DDP run, ``teardown`` destroys the group object itself, so no gloo connection
+    or thread is left for interpreter shutdown to end in each rank's own time (where the
+    issue's SIGABRT at exit was seen). Without seng.train.parallel's early import of
+    ``torch.distributed.nn.functional``, DDP's first construction imports it and its
+    ``group=group.WORLD`` defaults keep the group alive (measured: 'alive' on both ranks)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_teardown_rank, args=(str(tmp_path),), nprocs=2, join=True,
+                       start_method="spawn")
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["gone", "gone"]

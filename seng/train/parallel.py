@@ -24,6 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# Imported before any process group exists, on purpose: its functions take
+# ``group=group.WORLD`` as a default argument, evaluated at its first import, which
+# DistributedDataParallel triggers on its first construction. Imported after
+# init_process_group, those defaults hold the default group, so destroy_process_group
+# leaves it (its gloo connections and threads) alive until interpreter shutdown, where each
+# rank tears it down at its own time: the state in which gloo can abort a process at exit
+# (SIGABRT; pytorch/pytorch#179291). Imported here, the defaults are None.
+import torch.distributed.nn.functional
 from torch import nn
 
 #: Process-group timeout: a rank that stalls this long in a collective makes the others
@@ -215,7 +224,8 @@ def teardown() -> None:
     done (no rank closes its connections while a peer still uses them), free the objects
     that hold the process group (DDP reducers, SENG's communicators, often in reference
     cycles), then destroy it, so that nothing of gloo's is left to the interpreter's
-    shutdown."""
+    shutdown (the import of ``torch.distributed.nn.functional`` at the top of this module
+    keeps PyTorch itself from holding the group)."""
     dist.barrier()
     gc.collect()
     dist.destroy_process_group()
