@@ -56,9 +56,18 @@ class GaussianSketch(SketchingOperator):
     def host_columns(self, start: int, stop: int) -> np.ndarray:
         """Columns ``[start, stop)`` of the matrix, drawn alone (equal to the same columns
         of :attr:`matrix`)."""
-        (block,) = self._stream.draw(start, stop,
-                                     functools.partial(_gaussian_columns, self.shape[0]))
-        return block.T
+        # Whole blocks are drawn straight into the result: the matrix is often the largest
+        # array of the computation, so no second copy of it (blocks, then their join).
+        d = self.shape[0]
+        out = np.empty((stop - start, d))
+        for gen, lo, hi in self._stream.blocks(start, stop):
+            a, b = max(lo, start), min(hi, stop)
+            if (a, b) == (lo, hi):
+                gen.standard_normal(out=out[a - start:b - start])
+            else:
+                out[a - start:b - start] = gen.standard_normal((hi - lo, d))[a - lo:b - lo]
+        out *= 1.0 / np.sqrt(d)  # as _gaussian_columns scales each block: the same numbers
+        return out.T
 
     def _apply_columns(self, start: int, stop: int, X: np.ndarray) -> np.ndarray:
         # One block of the stream at a time (d x 4096 numbers), whatever the rows of X: a
