@@ -24,6 +24,7 @@ from .sketching import (
     RowSampling,
     SketchingOperator,
     SparseSign,
+    TensorSketch,
     sketch,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "RowSampling",
     "SketchingOperator",
     "SparseSign",
+    "TensorSketch",
     "adaptive_range_finder",
     "damped_gram_factor",
     "eigh_randomized",

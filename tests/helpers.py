@@ -50,3 +50,31 @@ def orthonormal(m: int, n: int, rng=0) -> np.ndarray:
     """A Haar-random ``m x n`` matrix with orthonormal columns."""
     Q, _ = np.linalg.qr(np.random.default_rng(rng).standard_normal((m, n)))
     return Q
+
+
+def tensor_sketch_variance(X: np.ndarray, Y: np.ndarray, d: int) -> float:
+    """Exact ``Var <S x, S y>`` of a degree-2 TensorSketch with ``d`` rows, for ``x, y`` the
+    row-major ``vec`` of the ``m1 x m2`` matrices ``X, Y`` (the formula of
+    ``sketchlinalg.TensorSketch``'s docstring; every sum over ``i != k, j != l`` by inclusion
+    and exclusion of the equal-index terms)."""
+    P, Q, Z = X.T @ Y, X @ Y.T, X * Y
+    X2, Y2 = X * X, Y * Y
+
+    def off(total, same_row, same_col, same_both):  # sum over i != k and j != l
+        return total - same_row - same_col + same_both
+
+    same_j = np.sum(P**2 + P * P.T) - np.sum(np.diag(P) ** 2 + np.diag(P) ** 2)
+    same_i = np.sum(Q**2 + Q * Q.T) - np.sum(np.diag(Q) ** 2 + np.diag(Q) ** 2)
+    rows_x2, rows_y2 = X2.sum(axis=1), Y2.sum(axis=1)
+    cols_x2, cols_y2 = X2.sum(axis=0), Y2.sum(axis=0)
+    squares = off(X2.sum() * Y2.sum(), rows_x2 @ rows_y2, cols_x2 @ cols_y2, np.sum(X2 * Y2))
+    products = off(Z.sum() ** 2, np.sum(Z.sum(axis=1) ** 2), np.sum(Z.sum(axis=0) ** 2),
+                   np.sum(Z * Z))
+    # sum X_ij X_il Y_kj Y_kl and sum X_ij X_kj Y_il Y_kl over i != k, j != l
+    cross_cols = off(np.sum((X.T @ X) * (Y.T @ Y)), np.sum(Z.sum(axis=1) ** 2),
+                     cols_x2 @ cols_y2, np.sum(Z * Z))
+    cross_rows = off(np.sum((X @ X.T) * (Y @ Y.T)), rows_x2 @ rows_y2,
+                     np.sum(Z.sum(axis=0) ** 2), np.sum(Z * Z))
+    c = np.gcd(2, d)
+    return float((same_j + same_i + squares + products) / d
+                 + c * (cross_cols + cross_rows) / d**2)

@@ -15,13 +15,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sketchlinalg as sl
-from helpers import assert_close, orthonormal
+from helpers import assert_close, orthonormal, tensor_sketch_variance
 
 KINDS = list(sl.KINDS)
+# TensorSketch is not built by sl.sketch (it needs the factor split m = m1 * m2) but goes
+# through the same properties, with m split as evenly as it divides (m prime: (1, m)).
+FAMILIES = [*KINDS, "tensorsketch"]
 DTYPES = [np.float32, np.float64]
 
 
+def even_split(m: int) -> tuple[int, int]:
+    m1 = max(q for q in range(1, int(np.sqrt(m)) + 1) if m % q == 0)
+    return m1, m // m1
+
+
 def make(kind: str, d: int, m: int, rng=0) -> sl.SketchingOperator:
+    if kind == "tensorsketch":
+        return sl.TensorSketch(d, even_split(m), rng=rng)
     return sl.sketch(kind, d, m, rng=rng, **({"nnz": min(4, d)} if kind == "sparse_sign" else {}))
 
 
@@ -32,7 +42,7 @@ def tol_factor(m: int) -> float:
 
 
 # -- shapes, backends, dtypes, agreement with the dense matrix --------------------------------
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_apply_matches_dense(kind, dtype, backend):
     d, m, n = 24, 300, 5
@@ -60,7 +70,7 @@ def test_apply_matches_dense(kind, dtype, backend):
                  scale=float(np.abs(S.to_dense()).sum(axis=0).max() * np.abs(Z_np).max()))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_adjoint_and_linearity(kind):
     d, m = 16, 200
     S = make(kind, d, m, rng=4)
@@ -72,7 +82,7 @@ def test_adjoint_and_linearity(kind):
     assert S.T.shape == (m, d) and S.T.T is S
 
 
-@given(st.sampled_from(KINDS), st.integers(1, 40), st.integers(0, 60), st.integers(1, 4),
+@given(st.sampled_from(FAMILIES), st.integers(1, 40), st.integers(0, 60), st.integers(1, 4),
        st.integers(0, 2**32 - 1))
 def test_shapes_any_size(kind, d, extra, n, seed):
     m = d + extra
@@ -92,7 +102,7 @@ def test_srht_matches_scipy_hadamard():
     assert_close(S.to_dense(), oracle, factor=tol_factor(m))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_half_precision_computed_in_float32(kind):
     torch = pytest.importorskip("torch")
     S = make(kind, 8, 64, rng=0)
@@ -106,7 +116,7 @@ def test_half_precision_computed_in_float32(kind):
     assert (S @ A.astype(np.float16)).dtype == np.float16
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_scipy_sparse_input(kind):
     m, n, d = 500, 6, 20
     A = scipy.sparse.random_array((m, n), density=0.1, format="csr", rng=1)
@@ -116,7 +126,7 @@ def test_scipy_sparse_input(kind):
     assert_close(Y, S.to_dense() @ A.toarray(), factor=tol_factor(m))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_scipy_sparse_on_either_side(kind):
     # B @ S.T with a sparse B (n, m) and Y @ S with a sparse Y (n, d): dense NumPy, as S @ A.
     m, n, d = 300, 7, 16
@@ -140,7 +150,7 @@ def test_scipy_sparse_on_either_side(kind):
         scipy.sparse.csr_array(np.ones((2, m), dtype=np.int64)) @ S.T
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_empty_and_zero_column_inputs(kind, backend):
     # Regression: SRHT raised ZeroDivisionError on S @ np.zeros((m, 0)).
     d, m = 8, 50
@@ -159,7 +169,7 @@ def test_empty_and_zero_column_inputs(kind, backend):
     assert (scipy.sparse.csr_array((0, m)) @ S.T).shape == (0, d)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_to_dense_dtype_rule(kind, backend):
     # One rule for every family: like=None gives NumPy float64; a floating like gives its
     # backend and dtype (half precision computed in float32); any other like is a TypeError
@@ -182,7 +192,7 @@ def test_to_dense_dtype_rule(kind, backend):
 
 
 # -- isometry: E[S^T S] = I and E ||S x||^2 = ||x||^2 ----------------------------------------
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_isometry_in_expectation(kind):
     d, m, trials = 4, 16, 3000
     mean = np.zeros((m, m))
@@ -199,7 +209,7 @@ def test_isometry_in_expectation(kind):
     assert np.all(np.abs(mean - np.eye(m)) <= 5 * se + 1e-12), np.abs(mean - np.eye(m)).max()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_norm_preserved_in_mean(kind):
     d, m, trials = 32, 512, 400
     # x from a seed outside range(trials): a sketch drawn from x's own seed is correlated with it
@@ -212,6 +222,10 @@ def test_norm_preserved_in_mean(kind):
         assert abs(ratios.var(ddof=1) - 2 / d) <= 5 * (2 / d) * np.sqrt(2 / trials) * 2
     if kind == "countsketch":  # variance (2/d)(1 - sum x^4)
         want = 2 / d * (1 - np.sum(x**4))
+        assert abs(ratios.var(ddof=1) - want) <= 5 * want * np.sqrt(2 / trials) * 2
+    if kind == "tensorsketch":  # the exact formula (tests/test_tensor_sketch.py)
+        X = x.reshape(even_split(m))
+        want = tensor_sketch_variance(X, X, d)
         assert abs(ratios.var(ddof=1) - want) <= 5 * want * np.sqrt(2 / trials) * 2
 
 
@@ -311,7 +325,7 @@ def test_sparse_sign_rows_uniform():
 
 
 # -- seeds -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_same_seed_same_operator_on_every_backend(kind, backend):
     S1, S2 = make(kind, 12, 100, rng=42), make(kind, 12, 100, rng=42)
     like = backend.asarray(np.zeros(1), np.float64)
@@ -323,7 +337,7 @@ def test_same_seed_same_operator_on_every_backend(kind, backend):
                           ref[:, :3] != 0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_rng_conventions(kind):
     same = [make(kind, 8, 64, rng=r).to_dense() for r in
             (5, np.random.SeedSequence(5), np.random.default_rng(5))]
@@ -336,14 +350,14 @@ def test_rng_conventions(kind):
 
 
 # -- bad input ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_bad_input(kind):
     with pytest.raises(ValueError, match="d must be <= m"):
         make(kind, 10, 5)
     with pytest.raises(ValueError, match="d must be >= 1"):
         make(kind, 0, 5)
     with pytest.raises(TypeError, match="d must be an int"):
-        sl.sketch(kind, 2.0, 5)
+        make(kind, 2.0, 5)
     S = make(kind, 4, 10)
     with pytest.raises(ValueError, match="shape mismatch: A has 9 rows"):
         S @ np.ones((9, 2))
@@ -378,7 +392,7 @@ def test_bad_kind_and_nnz():
         sl.SparseSign(4, 10, nnz=0)
 
 
-@pytest.mark.parametrize("kind", ["countsketch", "sparse_sign"])
+@pytest.mark.parametrize("kind", ["countsketch", "sparse_sign", "tensorsketch"])
 def test_multithreaded_sparse_product(kind):
     # Above _BlockedSparse.MIN_WORK entries the product is split over cores: same result.
     m, n, d = 1 << 15, 40, 64

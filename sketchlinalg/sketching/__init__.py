@@ -12,6 +12,7 @@ from .gaussian import GaussianSketch
 from .sampling import RowSampling
 from .sparse_sign import SparseSign
 from .srht import SRHT
+from .tensor_sketch import TensorSketch
 
 KINDS: dict[str, type[SketchingOperator]] = {
     "gaussian": GaussianSketch,
@@ -61,5 +62,6 @@ __all__ = [
     "RowSampling",
     "SketchingOperator",
     "SparseSign",
+    "TensorSketch",
     "sketch",
 ]
