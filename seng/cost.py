@@ -28,6 +28,12 @@ AUTO_KIND = "countsketch"
 OVERSAMPLE = 10
 POWER_ITERS = 2
 
+#: Flops charged per flop of a sparse scatter (a CountSketch of a materialized gradient)
+#: where it competes with GEMMs and FFTs: memory-bound, about 10x slower per flop on a CPU
+#: (CountSketch of a 128 x 65664 block to 4096 rows by a torch CSR product: 0.05-0.2 s
+#: against 0.03-0.05 s for the TensorSketch's FFTs, 2 cores).
+SCATTER_COST = 10.0
+
 #: Flops charged for one Python-level ``sketchlinalg.rsvd`` call (its small QRs and
 #: bookkeeping cost about a millisecond whatever the size).
 RSVD_CALL_FLOPS = 1e7
@@ -77,7 +83,8 @@ def embedding_gram_costs(n: int, t: int, d: int, used: int, item: int) -> Costs:
 
 def kron_sketch_dims(size: int, groups: int, da: int, dg: int) -> tuple[int, int]:
     """Rows ``(s_out, s_in)`` of the Kronecker sketch ``S_out (x) S_in`` keeping about
-    ``size`` coordinates of a ``groups x d_g x d_a`` block (``size // groups`` per group)."""
+    ``size`` coordinates of a ``groups x d_g x d_a`` block (``size // groups`` per group):
+    what embedding tables use (their one-hot input side is sketched by columns)."""
     per_group = max(1, size // groups)
     s = max(1, math.isqrt(per_group))
     if dg <= s:
@@ -85,6 +92,47 @@ def kron_sketch_dims(size: int, groups: int, da: int, dg: int) -> tuple[int, int
     if da <= s:
         return min(dg, max(1, per_group // da)), da
     return s, s
+
+
+#: How each family sketches a block of Kronecker factors from the factors
+#: (:class:`seng.persample.BlockSketch`); the others (``"dense"``) apply the family's operator
+#: to the materialized per-sample gradients.
+BLOCK_SKETCH_METHODS = {"countsketch": "tensorsketch", "sampling": "coordinates",
+                        "gaussian": "face_split"}
+
+
+def _block_sketch_flops_per_sample(method: str, kind: str, t: int, da: int, dg: int,
+                                   d: int) -> float:
+    if method == "tensorsketch":
+        return sl.TensorSketch.factor_flops(d, dg, da, pairs=t)
+    if method == "coordinates":
+        return 2.0 * t * d
+    if method == "face_split":
+        return 2.0 * t * d * (da + dg + 1)
+    return 2.0 * t * da * dg + sketch_apply_flops(kind, d, da * dg)  # form, then apply
+
+
+def block_sketch_method(kind: str, t: int, da: int, dg: int, d: int) -> str:
+    """How a ``d_g x d_a`` block over ``T`` positions is sketched to ``d`` coordinates: the
+    family's factor form (:data:`BLOCK_SKETCH_METHODS`), except that CountSketch applies a
+    plain CountSketch to the materialized gradients (``"dense"``) where forming them (a
+    GEMM) and scattering them (flops charged :data:`SCATTER_COST` each) costs less than the
+    TensorSketch's FFTs: with many positions (convolutions)."""
+    method = BLOCK_SKETCH_METHODS.get(kind, "dense")
+    if kind == "countsketch":
+        dense = 2.0 * t * da * dg + SCATTER_COST * sketch_apply_flops(kind, d, da * dg)
+        if dense < _block_sketch_flops_per_sample(method, kind, t, da, dg, d):
+            return "dense"
+    return method
+
+
+def block_sketch_flops(kind: str, n: int, g: int, t: int, da: int, dg: int, d: int) -> float:
+    """Flops of sketching each of the ``g`` groups' ``d_g x d_a`` blocks of ``N`` samples
+    (``T`` positions) to ``d`` coordinates (:func:`block_sketch_method`), plus the Gram of
+    the ``N x g d`` result."""
+    method = block_sketch_method(kind, t, da, dg, d)
+    per = _block_sketch_flops_per_sample(method, kind, t, da, dg, d)
+    return n * g * per + dense_gram_costs(n, g * d)["dense"][0]
 
 
 def svd_costs(m: int, n: int, k: int) -> dict[str, float]:

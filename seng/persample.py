@@ -236,34 +236,29 @@ class KroneckerFactors(PerSampleGrads):
                    self.groups * self.positions * (self.da + self.dg))
 
     # -- sketch ----------------------------------------------------------------------------
-    def sketch_dims(self, size: int) -> tuple[int, int]:
-        """Rows ``(s_out, s_in)`` of the Kronecker sketch ``S_out (x) S_in`` keeping about
-        ``size`` coordinates of the whole block (``size // groups`` per group)."""
-        return cost.kron_sketch_dims(size, self.groups, self.da, self.dg)
+    def sketch_size(self, size: int) -> int:
+        """Coordinates kept per group: ``size // groups`` (at least 1)."""
+        return max(1, size // self.groups)
 
     def sketch(self, kind: str, size: int, rng: np.random.Generator) -> PerSampleGrads:
-        # S vec(G^T A) = vec((S_out G^T)(S_in A^T)^T): sketch each factor along its features.
-        # S_out and S_in are independent and E[S^T S] = E[S_out^T S_out] (x) E[S_in^T S_in] = I.
-        s_out, s_in = self.sketch_dims(size)
-        A, G = self.A, self.G
-        if s_in < self.da:
-            S_in = _make_sketch(kind, s_in, self.da, rng)
-            A = (A.reshape(-1, self.da) @ S_in.T).reshape(*A.shape[:3], s_in)
-        if s_out < self.dg:
-            S_out = _make_sketch(kind, s_out, self.dg, rng)
-            G = (G.reshape(-1, self.dg) @ S_out.T).reshape(*G.shape[:3], s_out)
-        return KroneckerFactors(A, G)
+        # Each group's d_g x d_a block is sketched as one vector of d_g d_a coordinates (a
+        # Kronecker-structured S_out (x) S_in would have the variance of a sqrt(size)-row
+        # sketch), from the factors where the family allows (BlockSketch). Groups get
+        # independent sketches: S = diag(S_1, ..., S_groups), E[S^T S] = I.
+        d = self.sketch_size(size)
+        if d >= self.da * self.dg:
+            return self
+        parts = [BlockSketch(kind, d, self.dg, self.da, rng, positions=self.positions).apply(
+            self.G[:, j], self.A[:, j]) for j in range(self.groups)]
+        return DenseGrads(parts[0] if self.groups == 1 else torch.cat(parts, dim=1),
+                          (self.groups, d))
 
     def sketch_flops(self, kind: str, size: int) -> float:
-        s_out, s_in = self.sketch_dims(size)
-        rows = self.n * self.groups * self.positions
-        flops = 0.0
-        if s_in < self.da:
-            flops += rows * cost.sketch_apply_flops(kind, s_in, self.da)
-        if s_out < self.dg:
-            flops += rows * cost.sketch_apply_flops(kind, s_out, self.dg)
-        return flops + cost.cheapest_flops(cost.kron_gram_costs(
-            self.n, self.groups, self.positions, s_in, s_out, self.G.element_size()))
+        d = self.sketch_size(size)
+        if d >= self.da * self.dg:
+            return self.gram_flops()
+        return cost.block_sketch_flops(kind, self.n, self.groups, self.positions, self.da,
+                                       self.dg, d)
 
     def lowrank_flops(self, rank: int) -> float | None:
         """Flops of the low-rank route at ``rank`` (None where it truncates nothing)."""
@@ -288,6 +283,75 @@ def _make_sketch(kind: str, d: int, m: int, rng: np.random.Generator) -> sl.Sket
     # Sparse sign needs nnz <= d; its default of 8 is capped for small sketches.
     options = {"nnz": min(8, d)} if kind == "sparse_sign" else {}
     return sl.sketch(kind, d, m, rng=rng, **options)
+
+
+class BlockSketch:
+    r"""A sketch ``S`` (``d x d_g d_a``, :math:`E[S^T S] = I`) of the family ``kind`` for
+    per-sample gradients :math:`u_i = \mathrm{vec}(\sum_t g_{it} a_{it}^T)` (row-major
+    ``vec``: :math:`g \otimes a`), applied from the factors where the family has a factor
+    form (:func:`seng.cost.block_sketch_method`, from the shapes and ``positions`` ``T``):
+
+    - ``"countsketch"``: :class:`sketchlinalg.TensorSketch` (a CountSketch of the block with
+      hash :math:`h_1(r) + h_2(c) \bmod d`), by FFTs, :math:`O(d_g + d_a + d \log d)` per
+      position; where forming the gradients costs fewer flops (many positions), a plain
+      CountSketch of the materialized gradients;
+    - ``"sampling"``: ``d`` coordinates of the block uniformly without replacement, scaled
+      :math:`\sqrt{d_g d_a / d}` (:class:`sketchlinalg.RowSampling`), each computed from the
+      factors as :math:`\sum_t g_{t r} a_{t c}`, :math:`O(d)` per position;
+    - ``"gaussian"``: the face-splitting product of two Gaussians (Rakhshan and Rabusseau
+      2020; Ahle et al. 2020, TensorRandomProjection): row ``k`` of ``S`` is
+      :math:`(\omega_k \otimes \nu_k)/\sqrt d` with :math:`\omega_k, \nu_k` standard normal,
+      so :math:`(S u)_k = \sum_t (\omega_k^T g_t)(\nu_k^T a_t)/\sqrt d`,
+      :math:`O(d (d_g + d_a))` per position. Unbiased; for orthogonal inputs its variance is
+      the Gaussian sketch's, for :math:`\|Su\|^2` of a rank-one block 4x larger;
+    - the other families (``"srht"``, ``"sparse_sign"``): the family's operator on the
+      materialized per-sample gradients, formed a few samples at a time.
+
+    ``rng`` (advanced) draws the sketch; :meth:`matrix` is the explicit ``S`` (for tests).
+    """
+
+    def __init__(self, kind: str, d: int, dg: int, da: int, rng: np.random.Generator, *,
+                 positions: int = 1) -> None:
+        self.kind, self.d, self.dg, self.da = kind, d, dg, da
+        self.method = cost.block_sketch_method(kind, positions, da, dg, d)
+        if self.method == "tensorsketch":
+            self.op = sl.TensorSketch(d, (dg, da), rng=rng)
+        elif self.method == "face_split":
+            self.omega, self.nu = rng.standard_normal((d, dg)), rng.standard_normal((d, da))
+        else:
+            self.op = _make_sketch(kind, d, dg * da, rng)
+
+    def matrix(self) -> np.ndarray:
+        """The ``d x d_g d_a`` matrix ``S`` (float64, NumPy)."""
+        if self.method == "face_split":
+            return (self.omega[:, :, None] * self.nu[:, None, :]).reshape(self.d, -1) / (
+                math.sqrt(self.d))
+        return self.op.to_dense()
+
+    def apply(self, G: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """``S u_i`` for each sample: ``G`` of shape ``(N, T, d_g)``, ``A`` ``(N, T, d_a)``;
+        result ``(N, d)``."""
+        n, t = G.shape[:2]
+        # Temporaries per sample: T rows of d (sketched factors, their spectra, gathered
+        # coordinates), or the d_g x d_a gradient; a few samples at a time keeps them bounded.
+        width = self.dg * self.da if self.method == "dense" else 2 * t * self.d
+        step = max(1, cost.GRAM_CHUNK_ELEMENTS // width)
+        return torch.cat([self._apply_rows(G[i:i + step], A[i:i + step])
+                          for i in range(0, n, step)])
+
+    def _apply_rows(self, G: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        if self.method == "tensorsketch":
+            return self.op.sketch_factors(G, A)
+        if self.method == "coordinates":
+            rows, cols = (torch.as_tensor(k, device=G.device)
+                          for k in np.divmod(self.op.rows, self.da))
+            return (G[:, :, rows] * A[:, :, cols]).sum(dim=1) * self.op.scale
+        if self.method == "face_split":
+            omega = torch.as_tensor(self.omega, dtype=G.dtype, device=G.device)
+            nu = torch.as_tensor(self.nu, dtype=A.dtype, device=A.device)
+            return ((G @ omega.T) * (A @ nu.T)).sum(dim=1) / math.sqrt(self.d)
+        W = G.transpose(1, 2) @ A  # (n, dg, da): the per-sample gradients of these samples
+        return W.reshape(W.shape[0], -1) @ self.op.T
 
 
 class EmbeddingGrads(PerSampleGrads):

@@ -84,9 +84,10 @@ class SENGPreconditioner:
     sketch : None, "auto" or str
         ``None``: exact Gram. A sketchlinalg family (``"gaussian"``, ``"srht"``,
         ``"countsketch"``, ``"sparse_sign"``, ``"sampling"``): the Gram of a sketch
-        ``S U`` of the parameter dimension with ``E[S^T S] = I`` (a Kronecker sketch
-        ``S_out (x) S_in`` for linear and convolution weights); ``U^T g`` and ``U alpha`` stay
-        exact. ``"auto"``: a cost model (flops from the captured shapes) picks exact,
+        ``S U`` of the parameter dimension with ``E[S^T S] = I``, each linear or convolution
+        block sketched as a whole from its Kronecker factors (a TensorSketch for
+        ``"countsketch"``; :class:`seng.persample.BlockSketch`); ``U^T g`` and ``U alpha``
+        stay exact. ``"auto"``: a cost model (flops from the captured shapes) picks exact,
         CountSketch or low-rank per layer and curvature update (see
         :func:`seng.cost.choose_route`); the choice is in :meth:`layer_info`.
     sketch_size : int

@@ -11,6 +11,7 @@ processes it needs. A new route is one class here and its case in :func:`make_ro
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,7 +23,7 @@ from sketchlinalg.backend import all_finite
 from . import cost
 from .comm import SINGLE_PROCESS, Communicator
 from .curvature import Curvature
-from .persample import KroneckerFactors, PerSampleGrads
+from .persample import EmbeddingGrads, KroneckerFactors, PerSampleGrads
 
 
 class Route:
@@ -73,8 +74,13 @@ class SketchedRoute(Route):
     ``U^T U``.
 
     ``S`` of family ``kind`` keeps about ``size`` coordinates of the layer block and has
-    ``E[S^T S] = I``, so ``E[(S u_i)^T (S u_j)] = u_i^T u_j``. For Kronecker factors ``S`` is
-    ``S_out (x) S_in``, applied to the two factors separately. Only the Gram is sketched;
+    ``E[S^T S] = I``, so ``E[(S u_i)^T (S u_j)] = u_i^T u_j``. For Kronecker factors each
+    group's block is sketched as a whole (``size // groups`` coordinates), from the factors
+    where the family has a factor form (TensorSketch for ``"countsketch"``, coordinate
+    sampling for ``"sampling"``, a face-splitting Gaussian for ``"gaussian"``) and from the
+    materialized per-sample gradients otherwise (:class:`seng.persample.BlockSketch`;
+    ``info["sketch_method"]``). Embedding tables keep a Kronecker sketch
+    ``S_out (x) S_in``. Only the Gram is sketched;
     ``U^T g`` and ``U alpha`` stay exact (computed from the unsketched factors), so the
     direction is exact wherever ``S`` preserves the Gram. Across processes the sketches are
     gathered (the same ``S`` everywhere: the seed is shared) and the exact factors are
@@ -94,7 +100,23 @@ class SketchedRoute(Route):
         return self._curvature(store, gram, {
             "route": self.kind, "gram_method": method, "gram_flops": flops,
             "gram_temp_bytes": temp, "store": store.kind,
-            "sketch_shape": list(sketched.block_shape)})
+            "sketch_shape": list(sketched.block_shape),
+            "sketch_method": sketch_method(rep, self.kind, self.size)})
+
+
+def sketch_method(rep: PerSampleGrads, kind: str, size: int) -> str:
+    """How the sketched route sketched ``rep``: ``"none"`` when the sketch would keep the
+    whole block, the Kronecker-factor method of the family
+    (:func:`seng.cost.block_sketch_method`), ``"kronecker"`` for embeddings, ``"dense"``
+    for materialized per-sample gradients."""
+    if isinstance(rep, KroneckerFactors):
+        if rep.sketch_size(size) >= rep.da * rep.dg:
+            return "none"
+        return cost.block_sketch_method(kind, rep.positions, rep.da, rep.dg,
+                                        rep.sketch_size(size))
+    if isinstance(rep, EmbeddingGrads):
+        return "kronecker"
+    return "none" if size >= math.prod(rep.block_shape) else "dense"
 
 
 class LowRankRoute(Route):

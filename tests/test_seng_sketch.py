@@ -9,14 +9,15 @@ import torch
 from torch import nn
 
 import sketchlinalg as sl
-from helpers import assert_close
-from seng import SENGPreconditioner
-from seng.persample import DenseGrads, KroneckerFactors
+from helpers import assert_close, tensor_sketch_variance
+from seng import SENGPreconditioner, cost
+from seng.persample import BlockSketch, DenseGrads, KroneckerFactors
+from seng.routes import SketchedRoute
 
 KINDS = list(sl.KINDS)
 
 
-def kron_case(rng, n=4, groups=2, t=3, da=24, dg=20):
+def kron_case(rng, n=4, groups=2, t=3, da=40, dg=30):
     A = torch.from_numpy(rng.standard_normal((n, groups, t, da)))
     G = torch.from_numpy(rng.standard_normal((n, groups, t, dg)))
     return KroneckerFactors(A, G)
@@ -32,7 +33,11 @@ def test_sketched_gram_is_unbiased(kind):
     """Mean over independent sketches vs the exact Gram, entrywise within 5 standard errors
     (sample standard deviation over sqrt(trials))."""
     rep = kron_case(np.random.default_rng(1))
-    assert rep.sketch_dims(72) == (6, 6)  # both factors sketched: S_out (x) S_in
+    # each group's 30 x 40 block sketched as a whole, to 72 // 2 coordinates (countsketch:
+    # by a TensorSketch of the factors)
+    assert rep.sketch(kind, 72, np.random.default_rng(0)).block_shape == (2, 36)
+    if kind == "countsketch":
+        assert cost.block_sketch_method(kind, 3, 40, 30, 36) == "tensorsketch"
     exact = rep.gram("dense")[0]
     trials = 200
     grams = sketched_grams(rep, kind, 72, trials)
@@ -56,29 +61,57 @@ def test_dense_gaussian_error_matches_theory():
         assert abs(float(err2.mean() - theory)) <= 5 * float(err2.std()) / trials**0.5
 
 
-def test_kronecker_one_sided_error_matches_theory():
-    r"""With d_g <= sqrt(size) only the input factor is sketched, S = I (x) S_in with S_in
-    Gaussian s x d_a: G_hat_ij = tr(S_in^T S_in M_ij), M_ij = W_j^T W_i, whose variance is
-    (||M_ij||_F^2 + tr(M_ij^2)) / s. The mean squared error must match at every s."""
-    rep = kron_case(np.random.default_rng(3), n=4, groups=1, t=2, da=300, dg=4)
-    W = torch.einsum("ntd,nte->nde", rep.G[:, 0], rep.A[:, 0])  # (N, dg, da)
-    M = torch.einsum("jdb,ida->ijba", W, W)  # M_ij = W_j^T W_i
-    spread = (M**2).sum(dim=(2, 3)) + torch.einsum("ijab,ijba->ij", M, M)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("groups", "t", "da", "dg"), [(1, 1, 40, 30), (2, 3, 40, 30),
+                                                     (1, 12, 24, 20)])
+def test_sketch_of_factors_equals_dense_oracle(kind, groups, t, da, dg):
+    """With the sketch made explicit (the same draws), the sketch of the Kronecker factors
+    equals S U of the materialized per-sample gradients, S = diag(S_1, ..., S_groups), and
+    the sketched route's Gram is (S U)^T (S U). Countsketch: by TensorSketch in the first
+    two cases, by a CountSketch of the formed gradients in the third (a small block at many
+    positions, where forming it is cheaper than the FFTs)."""
+    size = 72
+    rep = kron_case(np.random.default_rng(7), n=5, groups=groups, t=t, da=da, dg=dg)
+    p, d = da * dg, size // groups
+    method = cost.block_sketch_method(kind, t, da, dg, d)
+    if kind == "countsketch":
+        assert method == ("dense" if t == 12 else "tensorsketch")
+    sketched = rep.sketch(kind, size, np.random.default_rng(8))
+    rng = np.random.default_rng(8)
+    blocks = [BlockSketch(kind, d, dg, da, rng, positions=t).matrix() for _ in range(groups)]
+    U = rep.to_dense().rows.numpy()  # (N, groups * p)
+    SU = np.concatenate([U[:, j * p:(j + 1) * p] @ S.T for j, S in enumerate(blocks)], axis=1)
+    scale = float(np.abs(U).max() * max(np.abs(S).sum(axis=1).max() for S in blocks))
+    assert_close(sketched.rows, SU, factor=100 * np.sqrt(p), scale=scale)
+    curvature = SketchedRoute(torch.float64, kind, size).build(rep, np.random.default_rng(8))
+    assert_close(curvature.gram, SU @ SU.T, factor=1000 * np.sqrt(p), scale=scale**2 * size)
+    assert curvature.info["sketch_method"] == method
+    assert curvature.info["sketch_shape"] == [groups, d]
+
+
+def test_tensorsketch_route_error_matches_theory():
+    r"""The countsketch route's Gram entries are TensorSketch inner products of the
+    d_g x d_a per-sample gradients W_i (sums over T = 2 positions: not rank one), so the mean
+    squared Gram error is the sum over entries of the exact variance formula."""
+    rep = kron_case(np.random.default_rng(3), n=4, groups=1, t=2, da=60, dg=40)
+    assert all(cost.block_sketch_method("countsketch", 2, 60, 40, d) == "tensorsketch"
+               for d in (32, 128))
+    W = torch.einsum("ntd,nte->nde", rep.G[:, 0], rep.A[:, 0]).numpy()  # (N, dg, da)
     G = rep.gram("dense")[0]
     trials = 200
-    for size in (4 * 8, 4 * 32, 4 * 128):
-        s_out, s_in = rep.sketch_dims(size)
-        assert (s_out, s_in) == (4, size // 4)
-        err2 = ((sketched_grams(rep, "gaussian", size, trials, seed=size) - G) ** 2).sum(
+    for size in (32, 128):
+        theory = sum(tensor_sketch_variance(W[i], W[j], size)
+                     for i in range(4) for j in range(4))
+        err2 = ((sketched_grams(rep, "countsketch", size, trials, seed=size) - G) ** 2).sum(
             dim=(1, 2))
-        theory = spread.sum() / s_in
-        assert abs(float(err2.mean() - theory)) <= 5 * float(err2.std()) / trials**0.5
+        assert abs(float(err2.mean()) - theory) <= 5 * float(err2.std()) / trials**0.5
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_sketched_error_shrinks_with_size(kind):
-    """Both factors sketched: the mean squared Gram error at 16x the size is at most half
-    (theory: between 1/4 for rank-one blocks, where each factor's error ~ 1/s, and 1/16)."""
+    """The mean squared Gram error at 16x the size is at most half (theory: about 1/16 for
+    a sketch of the whole block, whose variance falls as 1/size; a Kronecker-structured
+    S_out (x) S_in of sqrt(size) rows per factor fell only as 1/4 for rank-one blocks)."""
     rep = kron_case(np.random.default_rng(4), n=4, groups=1, t=2, da=96, dg=80)
     G = rep.gram("dense")[0]
     err = [float(((sketched_grams(rep, kind, size, 100, seed=size) - G) ** 2).sum(
@@ -104,8 +137,8 @@ def test_sketch_larger_than_block_is_exact():
 
 
 def descent_model():
-    # Linear block 600 x 41 (> 16384: output factor sketched to 399 rows) and a conv block
-    # 64 x 289 (input factor sketched to 256 columns).
+    # Linear block 600 x 41 and conv block 64 x 289: both more than the default 16384
+    # coordinates, each sketched as a whole.
     return nn.Sequential(nn.Conv2d(32, 64, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(64, 40), nn.Tanh(), nn.Linear(40, 600))
 
@@ -124,23 +157,36 @@ def test_descent_direction_at_defaults(kind):
         pre.step()
         pre.remove_hooks()
         info = {r["name"]: r["last"] for r in pre.layer_info()}
-        assert info["6"]["route"] == kind and info["6"]["sketch_shape"] == [1, 399, 41]
-        assert info["0"]["sketch_shape"] == [1, 64, 256]
+        assert info["6"]["route"] == kind and info["6"]["sketch_shape"] == [1, 16384]
+        assert info["0"]["sketch_shape"] == [1, 16384]
         for gi, p in zip(g, model.parameters(), strict=True):
             assert float((gi * p.grad).sum()) > 0
 
 
 def test_auto_route_choice_is_reported():
+    # A 512 x 4609 convolution block at 16 positions, N = 32: its whole-block TensorSketch
+    # to 16384 coordinates costs less than half its exact Gram (lowrank_rank = 16 = T: the
+    # low-rank route would truncate nothing, so it does not compete).
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(64, 64, 3), nn.Flatten(), nn.Linear(64 * 36, 3))
-    pre = SENGPreconditioner(model, update_freq=1, sketch="auto", routes={"2": "exact"})
-    model(torch.randn(16, 64, 8, 8)).square().mean().backward()
+    model = nn.Sequential(nn.Conv2d(512, 512, 3), nn.Flatten(), nn.Linear(512 * 16, 3))
+    pre = SENGPreconditioner(model, update_freq=1, sketch="auto", routes={"2": "exact"},
+                             lowrank_rank=16)
+    model(torch.randn(32, 512, 6, 6)).square().mean().backward()
     pre.step()
     info = {r["name"]: r for r in pre.layer_info()}
     assert info["0"]["route"] == "auto" and info["0"]["last"]["route"] == "countsketch"
+    assert info["0"]["last"]["sketch_method"] == "tensorsketch"
     assert info["0"]["last"]["sketched_flops"] < 0.5 * info["0"]["last"]["exact_flops"]
     assert info["2"]["route"] == "exact" and info["2"]["last"]["route"] == "exact"
     assert "countsketch" in pre.report()
+    # A 64 x 577 block at 36 positions, N = 16: a sketch of the whole block (36928
+    # coordinates) costs more than half the exact Gram, which "auto" then builds.
+    model = nn.Sequential(nn.Conv2d(64, 64, 3), nn.Flatten(), nn.Linear(64 * 36, 3))
+    pre = SENGPreconditioner(model, update_freq=1, sketch="auto")
+    model(torch.randn(16, 64, 8, 8)).square().mean().backward()
+    pre.step()
+    last = pre.layer_info()[0]["last"]
+    assert last["route"] == "exact" and last["sketched_flops"] >= 0.5 * last["exact_flops"]
     small = nn.Sequential(nn.Linear(20, 10), nn.Tanh(), nn.Linear(10, 3))
     pre = SENGPreconditioner(small, update_freq=1, sketch="auto")
     small(torch.randn(16, 20)).square().mean().backward()
