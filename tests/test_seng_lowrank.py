@@ -203,12 +203,18 @@ def test_lowrank_route_rejects_norm_layers():
 def test_cost_model_picks_lowrank_for_a_large_conv():
     """A 64 -> 64 channel 3x3 convolution on 4x4 maps, batch 128: the exact Gram (dense,
     2 N^2 d_a d_g) costs several times the rank-4 truncation (2 N^2 k^2 (d_a + d_g)); a
-    small convolution stays exact; without a rank, CountSketch is the approximation."""
+    small convolution stays exact; without a rank, a sketch of its whole 36928-coordinate
+    block to 16384 costs more than half the exact Gram (exact), while for a 512 -> 512
+    convolution CountSketch (TensorSketch of the factors) is the approximation."""
     t, da, dg = 16, 64 * 9 + 1, 64
     big = KroneckerFactors(torch.zeros(128, 1, t, da), torch.zeros(128, 1, t, dg))
     route, costs = AutoRoute(torch.float64, 16384, 4).choose(big)
     assert route.name == "lowrank" and costs["lowrank_flops"] < 0.5 * costs["exact_flops"]
-    assert AutoRoute(torch.float64, 16384, None).choose(big)[0].name == "countsketch"
+    route, costs = AutoRoute(torch.float64, 16384, None).choose(big)
+    assert route.name == "exact" and costs["sketched_flops"] >= 0.5 * costs["exact_flops"]
+    wide = KroneckerFactors(torch.zeros(32, 1, t, 512 * 9 + 1), torch.zeros(32, 1, t, 512))
+    route, costs = AutoRoute(torch.float64, 16384, None).choose(wide)
+    assert route.name == "countsketch" and costs["sketched_flops"] < 0.5 * costs["exact_flops"]
     small = KroneckerFactors(torch.zeros(8, 1, 4, 10), torch.zeros(8, 1, 4, 3))
     assert AutoRoute(torch.float64, 16384, 2).choose(small)[0].name == "exact"
 
