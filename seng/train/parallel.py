@@ -15,6 +15,8 @@ import gc
 import os
 import pickle
 import tempfile
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -183,7 +185,8 @@ def launch(nproc: int, device: torch.device, fn: Callable[..., Any], args: tuple
 
     Worker ``r`` is rank ``r``, on ``cuda:r`` for CUDA; it uses ``threads`` torch threads,
     or ``max(1, cores / nproc)`` when None. A worker that raises or dies ends the others
-    and raises :class:`WorkerError` here with its rank and traceback.
+    and raises :class:`WorkerError` here with the rank that failed first and its traceback
+    (a peer's error about the closed connections is only named).
     """
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
@@ -194,7 +197,8 @@ def launch(nproc: int, device: torch.device, fn: Callable[..., Any], args: tuple
             mp.start_processes(_worker, args=(nproc, device.type, tmp, threads, fn, args),
                                nprocs=nproc, join=True, start_method="spawn")
         except ProcessException as e:
-            raise WorkerError(f"rank {e.error_index} of {nproc} failed: {e}") from None
+            raise WorkerError(_first_failure(Path(tmp), nproc)
+                              or f"rank {e.error_index} of {nproc} failed: {e}") from None
         with result.open("rb") as f:
             return pickle.load(f)
 
@@ -214,9 +218,32 @@ def _worker(rank: int, nproc: int, device_type: str, tmp: str, threads: int | No
                 pickle.dump(out, f)
         del out
         teardown()
+    except BaseException:
+        # Written before this rank closes its connections, hence before a peer can fail
+        # because of them: the launcher reports the rank that failed first.
+        (Path(tmp) / f"error{rank}.txt").write_text(f"{time.time()!r}\n{traceback.format_exc()}")
+        raise
     finally:
         if dist.is_initialized():  # a failed rank: the launcher ends the others
             dist.destroy_process_group()
+
+
+def _first_failure(tmp: Path, nproc: int) -> str | None:
+    """The error of the rank that failed first, from the files its worker wrote, and which
+    ranks failed after it (often only because it was gone); None if no worker wrote one
+    (a rank killed by a signal)."""
+    failures = []
+    for rank in range(nproc):
+        path = tmp / f"error{rank}.txt"
+        if path.is_file():
+            when, _, trace = path.read_text().partition("\n")
+            failures.append((float(when), rank, trace))
+    if not failures:
+        return None
+    _, rank, trace = min(failures)
+    later = [r for _, r, _ in sorted(failures)[1:]]
+    then = f" (then rank {', '.join(map(str, later))} failed too)" if later else ""
+    return f"rank {rank} of {nproc} failed first{then}:\n{trace}"
 
 
 def teardown() -> None:
