@@ -105,6 +105,48 @@ def basis(M: Matrix, q: int, S: SketchingOperator) -> Any:
     return Q
 
 
+def svd_from_basis(xp: Any, Q: Any, Bt: Any, rank: int) -> tuple[Any, Any, Any]:
+    r"""``(U, s, Vh)``: the rank-``rank`` truncated SVD of :math:`Q B` for an orthonormal ``m x
+    l`` ``Q`` and ``Bt`` :math:`= B^T` (``n x l``).
+
+    :math:`B^T = P R` (Cholesky QR), so :math:`Q B = Q R^T P^T`; the SVD of the small
+    :math:`R^T = X \operatorname{diag}(\hat s) \hat Y^T` gives :math:`U = Q X_{:, :k}`,
+    :math:`s = \hat s_{:k}`, :math:`V^T = \hat Y_{:, :k}^T P^T` (factoring the tall
+    :math:`B^T` replaces the SVD of the wide :math:`B` at lower cost). ``Q`` may be a Dask
+    array (then so is ``U``); the small factors are in ``xp``.
+    """
+    P, R = orthonormalize(xp, Bt, passes=2)
+    X, s, Yh = xp.linalg.svd(R.T, full_matrices=False)
+    return Q @ X[:, :rank], s[:rank], Yh[:rank, :] @ P.T
+
+
+def corange_size(l: int, m: int) -> int:
+    """Rows ``l'`` of the co-range sketch ``W = Psi A`` of the single-pass rsvd for a range
+    sketch of ``l`` columns: ``2l + 1``, the choice of Tropp, Yurtsever, Udell and Cevher
+    (2017), with which ``E||A - QX||_F^2`` is twice ``E||(I - QQ^T)A||_F^2`` (their Theorem
+    4.3: the factor is ``1 + l/(l' - l - 1)``); at most ``m``."""
+    return min(2 * l + 1, m)
+
+
+def check_single_pass_sketch(sketch: Any) -> None:
+    """A ``TypeError`` for an operator as the ``sketch`` of the single-pass rsvd, which needs
+    two operators of different shapes from one specification."""
+    if isinstance(sketch, SketchingOperator):
+        raise TypeError(
+            f"sketch must be a family name or a factory when single_pass=True (it draws two "
+            f"operators: Omega^T of shape (k, n) and Psi of shape (l, m)), got the operator "
+            f"{sketch!r}")
+
+
+def corange_solve(PsiQ: Any, W: Any) -> Any:
+    r"""``X`` :math:`= (\Psi Q)^\dagger W`, the least-squares solution of
+    :math:`\min_X \|\Psi Q X - W\|_F` for the ``l x k`` :math:`\Psi Q` (``l >= k``, full
+    column rank almost surely), by Householder QR :math:`\Psi Q = U T` and
+    :math:`X = T^{-1} U^T W` (Tropp et al. 2017, Sec. 4.2)."""
+    U, T = backend.qr(PsiQ)
+    return backend.solve_triangular(T, U.T @ W, lower=False)
+
+
 # A Cholesky QR pass runs unshifted when the Gram's eigenvalues predict a loss of
 # orthogonality u cond(Y)^2 <= this; measured losses are 0.1-2 u cond^2 (m x n = 3000 x 60,
 # 300 x 12, 1e5 x 20, float32 and float64), so the next pass sees cond <= 1.02.
