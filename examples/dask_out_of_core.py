@@ -9,8 +9,9 @@ the data are counted, not assumed::
     python examples/dask_out_of_core.py --rows 131072 --cols 128 --memory-limit 200MiB
 
 Prints: a sparse sign sketch of ``A`` (one pass, with a progress bar), a rank-10 ``rsvd``
-(2q + 2 passes), ``ridge`` by sketch-and-solve (one pass), the reads of every chunk after
-each, and the peak resident memory of each worker process.
+(2q + 2 passes) and its single-pass form (one pass), ``ridge`` by sketch-and-solve (one
+pass), the reads of every chunk after each, and the peak resident memory of each worker
+process.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def main() -> None:
 
             U, s, _ = sl.rsvd(A, 10, power_iters=2, rng=0)
             print(f"rsvd: s[:5] = {np.array2string(s[:5], precision=4)}, U {U.shape} (dask); "
+                  f"chunk reads: {src.reads()}")
+            U, s, _ = sl.rsvd(A, 10, single_pass=True, rng=0)
+            print(f"rsvd, single pass: s[:5] = {np.array2string(s[:5], precision=4)}; "
                   f"chunk reads: {src.reads()}")
 
             b = (A @ np.ones(n)).compute()  # a consistent right-hand side (one pass)

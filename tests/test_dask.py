@@ -1,6 +1,7 @@
-"""Dask arrays: sketches and drivers on a ``dask.distributed`` LocalCluster of worker
-processes, against the NumPy results for the same seed, with laziness and the passes over
-``A`` counted by a reader that logs every chunk it serves (a file, shared by the processes)."""
+"""Dask arrays: sketches and drivers (the single-pass rsvd included) on a
+``dask.distributed`` LocalCluster of worker processes, against the NumPy results for the same
+seed, with laziness and the passes over ``A`` counted by a reader that logs every chunk it
+serves (a file, shared by the processes)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,37 @@ def test_rsvd_matches_numpy_in_2q_plus_2_passes(client, tmp_path, tall, kind):
     assert_close(U.T @ U, np.eye(8), factor=100)
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "sparse_sign", "countsketch"])
+def test_rsvd_single_pass_matches_numpy_in_one_pass(client, tmp_path, tall, kind):
+    src, Ad = logged(tmp_path, tall, 700)
+    U, s, Vh = sl.rsvd(Ad, 8, sketch=kind, rng=5, single_pass=True)
+    # The pass runs at the call (the small solve and SVD need W); U stays a lazy Dask
+    # array over the persisted range sketch: computing it reads no chunk of A again.
+    assert isinstance(U, da.Array) and isinstance(s, np.ndarray) and isinstance(Vh, np.ndarray)
+    one_pass = {start: 1 for start in range(0, 3000, 700)}
+    assert src.reads() == one_pass
+    U = U.compute()
+    assert src.reads() == one_pass
+    # Same Omega and Psi as in memory (each block draws its columns of Psi from the seed):
+    # equal up to the order of the sums and TSQR against Cholesky QR (cond(Y) ~ 0.7^-17).
+    Un, sn, Vhn = sl.rsvd(tall, 8, sketch=kind, rng=5, single_pass=True)
+    assert_close(s, sn, factor=1e3)
+    assert_close((U * s) @ Vh, (Un * sn) @ Vhn, factor=1e3)
+    assert_close(U.T @ U, np.eye(8), factor=100)
+
+
+def test_rsvd_single_pass_srht_is_block_srht_on_the_chunks(client, tmp_path):
+    # Psi = BlockSRHT on A's row chunks (the SRHT has no per-block form): another operator
+    # than in memory, so the oracle is exactness on a rank-6 matrix, in one pass.
+    s_true = np.array([5.0, 4.0, 2.0, 1.0, 0.5, 0.25])
+    A = matrix_with_spectrum(2000, 40, s_true, rng=15)
+    src, Ad = logged(tmp_path, A, 600)
+    U, s, Vh = sl.rsvd(Ad, 6, sketch="srht", rng=3, single_pass=True)
+    assert set(src.reads().values()) == {1}
+    assert_close(s, s_true, factor=100, scale=5.0)
+    assert_close((U.compute() * s) @ Vh, A, factor=1e3, scale=5.0)
+
+
 def test_range_finder_passes_and_span(client, tmp_path, tall):
     src, Ad = logged(tmp_path, tall, 1000)
     Q = sl.range_finder(Ad, 8, power_iters=2, rng=6).compute()
@@ -225,3 +257,19 @@ def test_bad_input(client):
         sl.ridge(np.ones((100, 4)), da.ones(100, chunks=30), 1.0)
     with pytest.raises(ValueError, match="m >= n"):
         sl.ridge(Ad.T, np.ones(4), 1.0)
+
+
+def test_rsvd_single_pass_bad_input(client):
+    Ad = da.from_array(np.ones((100, 4)), chunks=(30, 4))
+    with pytest.raises(ValueError, match="power_iters=2 cannot be combined with single_pass"):
+        sl.rsvd(Ad, 2, power_iters=2, single_pass=True)
+    with pytest.raises(TypeError, match="sketch must be a family name or a factory"):
+        sl.rsvd(Ad, 2, sketch=sl.GaussianSketch(4, 4), single_pass=True)
+    with pytest.raises(TypeError, match=r"SRHT mixes all m rows.*BlockSRHT"):
+        sl.rsvd(Ad, 2, sketch=sl.SRHT, single_pass=True)  # a factory of SRHTs
+    with pytest.raises(ValueError, match="rank must be <= min"):
+        sl.rsvd(Ad, 5, single_pass=True)
+    bad = Ad.copy()
+    bad[57, 2] = np.nan
+    with pytest.raises(ValueError, match="A contains NaN or Inf"):
+        sl.rsvd(bad, 2, single_pass=True)

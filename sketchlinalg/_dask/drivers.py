@@ -6,7 +6,8 @@ the NumPy code of the in-memory drivers. Each pass over ``A`` is one ``dask.comp
 ``dask.persist`` in which every chunk of ``A`` is read once; the ``m x l`` samples are kept
 (persisted) between passes and orthonormalized by Dask's tall-skinny QR
 (``dask.array.linalg.tsqr``, Householder on each chunk), which reads them, not ``A``.
-Passes over ``A``: 1 (nystrom), 2q + 1 (range_finder), 2q + 2 (rsvd, eigh_randomized).
+Passes over ``A``: 1 (nystrom, single-pass rsvd), 2q + 1 (range_finder), 2q + 2 (rsvd,
+eigh_randomized).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from .._lowrank import (
     check_products_finite,
     check_rank_shape,
     check_symmetric_sketch,
+    corange_size,
+    corange_solve,
     orthonormalize,
+    svd_from_basis,
 )
 from .._rng import normalize_rng
 from .._validation import check_int
-from ..sketching import SketchingOperator
+from ..sketching import BlockSRHT, SketchingOperator
 from ..sketching._spec import build_operator, check_spec
-from .sketch import check_dask_matrix
+from .sketch import check_dask_matrix, sketch_rows
 
 
 def range_finder(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
@@ -44,11 +48,37 @@ def rsvd(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
     Q = _basis(X, q, S)
     W = (X.T @ Q).compute()
     check_products_finite(np, W)
-    P, R = orthonormalize(np, W, passes=2)
-    Xs, s, Yh = np.linalg.svd(R.T, full_matrices=False)
-    k = int(rank)
-    return ((Q @ Xs[:, :k]).astype(A.dtype), s[:k].astype(A.dtype),
-            (Yh[:k, :] @ P.T).astype(A.dtype))
+    return _factors(A, *svd_from_basis(np, Q, W, int(rank)))
+
+
+def rsvd_single_pass(A: Any, rank: Any, oversample: Any, sketch: Any,
+                     rng: Any) -> tuple[Any, Any, Any]:
+    """The single-pass rsvd (Tropp et al. 2017): ``Y = A Omega`` (row blocks of ``Y``) and
+    ``W = Psi A`` (a sum over row blocks, each block drawing its columns of ``Psi``) in one
+    ``dask.persist`` with the NaN/Inf test, then ``Q = tsqr(Y)`` and ``Psi Q`` (reads ``Y``,
+    not ``A``), and the small solve and SVD in memory."""
+    gen = normalize_rng(rng)
+    X, l, _, S = _prepare(A, rank, oversample, 0, sketch, gen)
+    m = X.shape[0]
+    l_co = corange_size(l, m)
+    if sketch == "srht":  # the SRHT mixes all rows: its block form, on A's row chunks
+        Psi = BlockSRHT(l_co, m, blocks=X.chunks[0], rng=gen)
+    else:
+        Psi = build_operator(sketch, l_co, m, gen,
+                             role="l' x m, l' = min(2 l + 1, m), m the rows of A")
+    Y, W, finite = dask.persist(X @ _test_matrix(S, X.dtype), sketch_rows(Psi, X),
+                                da.isfinite(X).all())
+    _check_finite(finite)
+    W = W.compute()
+    check_products_finite(np, W)
+    (Q,) = dask.persist(_orth(Y))
+    core = corange_solve(sketch_rows(Psi, Q).compute(), W)
+    return _factors(A, *svd_from_basis(np, Q, core.T, int(rank)))
+
+
+def _factors(A: Any, U: Any, s: Any, Vh: Any) -> tuple[Any, Any, Any]:
+    """The factors in ``A``'s dtype (computed in float32 for float16)."""
+    return U.astype(A.dtype), s.astype(A.dtype), Vh.astype(A.dtype)
 
 
 def eigh_randomized(A: Any, rank: Any, oversample: Any, power_iters: Any, sketch: Any,
