@@ -61,6 +61,7 @@ def rsvd_single_pass(A: Any, rank: Any, oversample: Any, sketch: Any,
     X, l, _, S = _prepare(A, rank, oversample, 0, sketch, gen)
     m = X.shape[0]
     l_co = corange_size(l, m)
+    Psi: SketchingOperator
     if sketch == "srht":  # the SRHT mixes all rows: its block form, on A's row chunks
         Psi = BlockSRHT(l_co, m, blocks=X.chunks[0], rng=gen)
     else:
