@@ -6,9 +6,11 @@ Prints, in one run:
 
 1. one read of the data (``A.sum()``): seconds and GB/s, the unit of every other time;
 2. ``S @ A`` for each sketch family (one pass): seconds, ratio to one read;
-3. ``rsvd`` against ``dask.array.linalg.svd_compressed`` at equal rank, oversampling and
-   power iterations (``iterator="QR"``, re-orthonormalized like ours, and its default
-   ``"power"``): seconds, ratio, relative Frobenius error ``|A - U S V^T|_F / |A|_F``;
+3. ``rsvd`` with q = 0, 1, 2 power iterations and in one pass (``single_pass=True``)
+   against ``dask.array.linalg.svd_compressed`` at equal rank, oversampling and power
+   iterations (``iterator="QR"``, re-orthonormalized like ours, and at q = 2 its default
+   ``"power"``): seconds, ratio, passes over A (reads of A's chunks, counted by the
+   reader, over the number of chunks), relative Frobenius error ``|A - U S V^T|_F / |A|_F``;
 4. ``ridge`` (sketch-and-solve, sketch-and-precondition, direct) against
    ``dask.array.linalg.lstsq`` on ``b = A x_true + noise`` (LSQR tolerance 1e-10): seconds,
    ratio, passes over A, relative error to lstsq's solution;
@@ -50,8 +52,8 @@ class DiskRows:
     and one read (a ``numpy.memmap`` given to ``da.from_array`` would be pickled whole into
     the graph, and its mapped pages count in the workers' resident memory)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, log: str | None = None) -> None:
+        self.path, self.log = path, log
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -67,7 +69,16 @@ class DiskRows:
         with open(self.path, "rb") as f:
             f.seek(self.offset + a * n * self.dtype.itemsize)
             block = np.fromfile(f, dtype=self.dtype, count=max(b - a, 0) * n)
+        if self.log is not None and b > a:  # one line per block read (Dask probes with empty)
+            with open(self.log, "a") as f:
+                f.write(f"{a}\n")
         return block.reshape(-1, n)[:, cols]
+
+    def reads(self) -> int:
+        """Blocks read so far (0 without a log)."""
+        if self.log is None or not Path(self.log).exists():
+            return 0
+        return len(Path(self.log).read_text().split())
 
 
 def write_matrix(path: Path, m: int, n: int, rank: int, rows: int, seed: int = 0) -> None:
@@ -125,7 +136,8 @@ def main() -> None:
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                           memory_limit=args.memory_limit, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
-            A = da.from_array(DiskRows(path), chunks=(rows, n))
+            src = DiskRows(path, log=str(Path(tmp) / "reads.log"))
+            A = da.from_array(src, chunks=(rows, n))
             print(f"A: {m} x {n} float64 = {gib:.2f} GiB on disk, {A.numblocks[0]} chunks of "
                   f"{rows} rows ({rows * n * 8 / 2**20:.0f} MiB); {args.workers} workers x "
                   f"{args.memory_limit}, 1 thread each")
@@ -140,19 +152,33 @@ def main() -> None:
                 t, _ = timed(lambda S=S: (S @ A).compute(), repeats)
                 print(f"   {kind:12s} {t:7.2f} s  {t / t_read:5.2f}x one read")
 
-            print(f"\n3. rank {k}, oversample {p}, {q} power iterations (ratio to ours; "
-                  f"time in reads)")
-            t_ours, (U, s, Vh) = timed(
-                lambda: (lambda U, s, Vh: (U.compute(), s, Vh))(*sl.rsvd(A, k, p, q, rng=0)),
-                repeats)
-            rows_out = [("sketchlinalg.rsvd", t_ours, frob_error(A, U, s, Vh))]
-            for it in ["QR", "power"]:
-                t, (U2, s2, V2) = timed(lambda it=it: dask.compute(*da.linalg.svd_compressed(
-                    A, k, iterator=it, n_power_iter=q, n_oversamples=p, seed=0)), repeats)
-                rows_out.append((f"svd_compressed ({it})", t, frob_error(A, U2, s2, V2)))
-            for name, t, err in rows_out:
-                print(f"   {name:26s} {t:7.2f} s  {t / t_ours:5.2f}x  {t / t_read:5.2f} reads  "
-                      f"error {err:.3e}")
+            print(f"\n3. rank {k}, oversample {p} (ratio to ours at q = {q}; time in reads; "
+                  f"passes: reads of A's chunks over {A.numblocks[0]})")
+
+            def ours(q_, single):
+                U, s_, Vh = sl.rsvd(A, k, p, None if single else q_, rng=0, single_pass=single)
+                return U.compute(), s_, Vh
+
+            def theirs(q_, it):
+                return dask.compute(*da.linalg.svd_compressed(
+                    A, k, iterator=it, n_power_iter=q_, n_oversamples=p, seed=0))
+
+            runs = [("sketchlinalg.rsvd, one pass", lambda: ours(0, True))]
+            for q_ in (0, 1, 2):
+                runs.append((f"sketchlinalg.rsvd, q = {q_}", lambda q_=q_: ours(q_, False)))
+                runs.append((f"svd_compressed (QR), q = {q_}",
+                             lambda q_=q_: theirs(q_, "QR")))
+            runs.append((f"svd_compressed (power), q = {q}", lambda: theirs(q, "power")))
+            rows_out = []
+            for name, fn in runs:
+                before = src.reads()
+                t, (U, s, Vh) = timed(fn, repeats)
+                passes = (src.reads() - before) / (repeats * A.numblocks[0])
+                rows_out.append((name, t, passes, frob_error(A, U, s, Vh)))
+            t_ours = next(t for name, t, *_ in rows_out if name == f"sketchlinalg.rsvd, q = {q}")
+            for name, t, passes, err in rows_out:
+                print(f"   {name:32s} {t:7.2f} s  {t / t_ours:5.2f}x  {t / t_read:5.2f} reads  "
+                      f"{passes:4.1f} passes  error {err:.3e}")
 
             rng = np.random.default_rng(1)
             x_true = rng.standard_normal(n)

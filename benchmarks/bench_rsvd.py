@@ -11,7 +11,11 @@ would lose all orthogonality, the case of shifted Cholesky QR). scikit-learn run
 its default normalizer (none for two iterations) and ``power_iteration_normalizer="QR"``, the
 re-orthonormalized scheme all the others run. nystrom: ``sl.nystrom`` and
 ``sl.eigh_randomized`` against ``scipy.sparse.linalg.eigsh`` (Lanczos, converged) at the
-same rank on the PSD matrix with eigenvalues ``1/j``.
+same rank on the PSD matrix with eigenvalues ``1/j``. One pass: ``sl.rsvd(...,
+single_pass=True)`` (Tropp et al. 2017: range and co-range sketches from one read of A,
+``2 x 60 + 1`` rows in the co-range sketch) against the two-pass forms without power
+iterations, ``sl.rsvd`` with ``power_iters=0`` and ``torch.svd_lowrank`` with ``niter=0``,
+on the float64 matrices of the rsvd tables.
 
 Errors are ``||A - A_hat||_2 / sigma_{k+1}`` (1 is optimal) and the Frobenius analogue
 ``||A - A_hat||_F / (sum_{j>k} sigma_j^2)^{1/2}``. Times are the best over 3 turns of 3
@@ -20,7 +24,8 @@ back-to-back calls per method, the methods taking turns; each turn starts with a
 steal the cores from the next library) and one untimed call (waking the threads of this
 library). The time floor is the 2q + 2 = 6 passes over A, one GEMM with 60 columns each,
 that every method here makes. The last lines give, per matrix and backend, ``sl.rsvd``
-over ``torch.svd_lowrank`` and over scikit-learn (default), the ratios of the targets.
+over ``torch.svd_lowrank`` and over scikit-learn (default), the ratios of the targets, and
+the one-pass rsvd over ``torch.svd_lowrank`` with ``niter=0``.
 Run ``python benchmarks/bench_rsvd.py`` (``--quick`` for a small smoke size, ``--device
 cuda`` to run the torch rows, ours and torch's, on the GPU).
 """
@@ -144,6 +149,21 @@ def main() -> None:
                 key, lambda Mt=Mt: torch.svd_lowrank(Mt, q=k + p, niter=q),
                 lambda r: svd_lr((r[0], r[1], r[2].mT)), M, sM),
         })
+    one_pass = {"1pass slow": ("sigma_j = 1/j", A, s),
+                "1pass noise": (f"rank {k} (1 ... 1e-3) + 1e-6 noise", B, s_B)}
+    for key, (_, M, sM) in one_pass.items():
+        Mt = torch.as_tensor(M, device=dev)
+        methods.update({
+            f"sl.rsvd single_pass (numpy), 1 pass [{key}]": (
+                key, lambda M=M: sl.rsvd(M, k, p, rng=1, single_pass=True), svd_lr, M, sM),
+            f"sl.rsvd single_pass (torch {dev.type}), 1 pass [{key}]": (
+                key, lambda Mt=Mt: sl.rsvd(Mt, k, p, rng=1, single_pass=True), svd_lr, M, sM),
+            f"sl.rsvd q=0 (numpy), 2 passes [{key}]": (
+                key, lambda M=M: sl.rsvd(M, k, p, 0, rng=1), svd_lr, M, sM),
+            f"torch.svd_lowrank niter=0 ({dev.type}), 2 passes [{key}]": (
+                key, lambda Mt=Mt: torch.svd_lowrank(Mt, q=k + p, niter=0),
+                lambda r: svd_lr((r[0], r[1], r[2].mT)), M, sM),
+        })
     methods.update({
         "sl.nystrom (numpy)": ("nystrom", lambda: sl.nystrom(A_psd, k, p, rng=1), eig_lr, A_psd, s),
         "sl.eigh_randomized (numpy, q=2)": (
@@ -170,9 +190,14 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; "
           f"load average {load_before:.1f} before, {load_after:.1f} after")
     headers = {key: f"rsvd, {label}" for key, (label, *_) in tables.items()}
+    refs = {key: f"sl.rsvd (numpy) [{key}]" for key in tables}
+    for key, (label, *_) in one_pass.items():
+        headers[key] = f"rsvd in one pass against two passes (q = 0), {label}"
+        refs[key] = f"sl.rsvd single_pass (numpy), 1 pass [{key}]"
     headers["nystrom"] = "nystrom, PSD with eigenvalues 1/j"
+    refs["nystrom"] = "sl.nystrom (numpy)"
     for table, title in headers.items():
-        ref = f"sl.rsvd (numpy) [{table}]" if table != "nystrom" else "sl.nystrom (numpy)"
+        ref = refs[table]
         print(f"\n{title}\n{'method':56s} {'time [s]':>9s} {'ours/this':>9s} {'err2/opt':>9s} "
               f"{'errF/opt':>9s}")
         for name, (t_name, *_) in methods.items():
@@ -190,6 +215,13 @@ def main() -> None:
             t_skl = times[f"sklearn randomized_svd (default: no normalizer) [{key}]"]
             print(f"  [{key}] sl.rsvd ({ours}): {t / t_torch:.2f}x torch.svd_lowrank, "
                   f"{t / t_skl:.2f}x scikit-learn")
+    print("one pass (no target: 1.5x the flops of the two-pass forms at q = 0, in one read)")
+    for key in one_pass:
+        t_torch = times[f"torch.svd_lowrank niter=0 ({dev.type}), 2 passes [{key}]"]
+        for ours in ("numpy", f"torch {dev.type}"):
+            t = times[f"sl.rsvd single_pass ({ours}), 1 pass [{key}]"]
+            print(f"  [{key}] sl.rsvd single_pass ({ours}): {t / t_torch:.2f}x "
+                  f"torch.svd_lowrank niter=0")
 
 
 if __name__ == "__main__":
