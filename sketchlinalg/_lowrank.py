@@ -109,11 +109,12 @@ def svd_from_basis(xp: Any, Q: Any, Bt: Any, rank: int) -> tuple[Any, Any, Any]:
     r"""``(U, s, Vh)``: the rank-``rank`` truncated SVD of :math:`Q B` for an orthonormal ``m x
     l`` ``Q`` and ``Bt`` :math:`= B^T` (``n x l``).
 
-    :math:`B^T = P R` (Cholesky QR), so :math:`Q B = Q R^T P^T`; the SVD of the small
-    :math:`R^T = X \operatorname{diag}(\hat s) \hat Y^T` gives :math:`U = Q X_{:, :k}`,
-    :math:`s = \hat s_{:k}`, :math:`V^T = \hat Y_{:, :k}^T P^T` (factoring the tall
-    :math:`B^T` replaces the SVD of the wide :math:`B` at lower cost). ``Q`` may be a Dask
-    array (then so is ``U``); the small factors are in ``xp``.
+    :math:`B^T = P R` (:func:`orthonormalize`, two passes), so :math:`Q B = Q R^T P^T`; the
+    SVD of the small :math:`R^T = X \operatorname{diag}(\hat s) \hat Y^T` gives
+    :math:`U = Q X_{:, :k}`, :math:`s = \hat s_{:k}`, :math:`V^T = \hat Y_{:, :k}^T P^T`
+    (factoring the tall :math:`B^T` replaces the SVD of the wide :math:`B` at lower cost;
+    ``k`` = ``rank``). ``Q`` may be a Dask array (then so is ``U``); the small factors are
+    in ``xp``.
     """
     P, R = orthonormalize(xp, Bt, passes=2)
     X, s, Yh = xp.linalg.svd(R.T, full_matrices=False)
@@ -134,15 +135,16 @@ def check_single_pass_sketch(sketch: Any) -> None:
     if isinstance(sketch, SketchingOperator):
         raise TypeError(
             f"sketch must be a family name or a factory when single_pass=True (it draws two "
-            f"operators: Omega^T of shape (k, n) and Psi of shape (l, m)), got the operator "
+            f"operators: Omega^T of shape (l, n) and Psi of shape (l', m)), got the operator "
             f"{sketch!r}")
 
 
 def corange_solve(PsiQ: Any, W: Any) -> Any:
     r"""``X`` :math:`= (\Psi Q)^\dagger W`, the least-squares solution of
-    :math:`\min_X \|\Psi Q X - W\|_F` for the ``l x k`` :math:`\Psi Q` (``l >= k``, full
+    :math:`\min_X \|\Psi Q X - W\|_F` for the ``l' x l`` :math:`\Psi Q` (``l' >= l``, full
     column rank almost surely), by Householder QR :math:`\Psi Q = U T` and
-    :math:`X = T^{-1} U^T W` (Tropp et al. 2017, Sec. 4.2)."""
+    :math:`X = T^{-1} U^T W` (backward stable; the normal equations would square
+    :math:`\kappa(\Psi Q)`)."""
     U, T = backend.qr(PsiQ)
     return backend.solve_triangular(T, U.T @ W, lower=False)
 
