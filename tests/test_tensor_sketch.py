@@ -190,3 +190,17 @@ def test_backend_without_fft_is_refused():
             S.sketch_factors(strict.ones((2, 3)), strict.ones((2, 4)))
     finally:
         strict.reset_array_api_strict_flags()
+
+
+def test_dask_rows_and_pickle():
+    # A Dask task draws its own columns (host_columns, from the stored hashes): the lazy
+    # result equals the in-memory one; a pickled operator is the same operator.
+    import pickle
+
+    dask_array = pytest.importorskip("dask.array")
+    S = sl.TensorSketch(16, (6, 10), rng=3)
+    A = np.random.default_rng(0).standard_normal((60, 4))
+    lazy = S @ dask_array.from_array(A, chunks=(17, 4))
+    assert_close(lazy.compute(), S.to_dense() @ A, factor=10 * np.sqrt(60),
+                 scale=float(np.abs(A).sum(axis=0).max()))
+    assert np.array_equal(pickle.loads(pickle.dumps(S)).to_dense(), S.to_dense())
