@@ -80,7 +80,7 @@ class TensorSketch(SparseSketchingOperator):
     factors : pair of int
         ``(m1, m2)``, the lengths of the two factors.
     rng : int, numpy.random.Generator, numpy.random.SeedSequence or None
-        Source of randomness (SPEC 7): ``h1, s1, h2, s2`` are drawn on the host in that
+        Source of randomness (SPEC 7): ``h1, h2, s1, s2`` are drawn on the host in that
         order, so one seed gives the same operator on every backend.
     """
 
@@ -92,8 +92,8 @@ class TensorSketch(SparseSketchingOperator):
         self.hashes = (self._rng.integers(0, d, size=m1), self._rng.integers(0, d, size=m2))
         self.signs = (self._rng.choice(np.array([-1.0, 1.0]), size=m1),
                       self._rng.choice(np.array([-1.0, 1.0]), size=m2))
-        # (The draws above are the whole operator; the dense view's COO triplets are
-        # derived from them, so no column stream is needed.)
+        # These m1 + m2 draws are the whole operator: the COO triplets of the dense view
+        # (any range of columns, for a Dask task too) are derived from them.
 
     @staticmethod
     def apply_flops(d: int, m: int, **options: Any) -> float:
