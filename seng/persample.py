@@ -302,8 +302,9 @@ class BlockSketch:
       2020; Ahle et al. 2020, TensorRandomProjection): row ``k`` of ``S`` is
       :math:`(\omega_k \otimes \nu_k)/\sqrt d` with :math:`\omega_k, \nu_k` standard normal,
       so :math:`(S u)_k = \sum_t (\omega_k^T g_t)(\nu_k^T a_t)/\sqrt d`,
-      :math:`O(d (d_g + d_a))` per position. Unbiased; for orthogonal inputs its variance is
-      the Gaussian sketch's, for :math:`\|Su\|^2` of a rank-one block 4x larger;
+      :math:`O(d (d_g + d_a))` per position. Unbiased; for rank-one inputs whose factors are
+      both orthogonal its variance is the Gaussian sketch's, for :math:`\|Su\|^2` of a
+      rank-one block 4x larger;
     - the other families (``"srht"``, ``"sparse_sign"``): the family's operator on the
       materialized per-sample gradients, formed a few samples at a time.
 
