@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -315,6 +315,7 @@ class BlockSketch:
                  positions: int = 1) -> None:
         self.kind, self.d, self.dg, self.da = kind, d, dg, da
         self.method = cost.block_sketch_method(kind, positions, da, dg, d)
+        self.op: sl.SketchingOperator
         if self.method == "tensorsketch":
             self.op = sl.TensorSketch(d, (dg, da), rng=rng)
         elif self.method == "face_split":
@@ -342,11 +343,12 @@ class BlockSketch:
 
     def _apply_rows(self, G: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         if self.method == "tensorsketch":
-            return self.op.sketch_factors(G, A)
+            return cast(sl.TensorSketch, self.op).sketch_factors(G, A)
         if self.method == "coordinates":
+            sampling = cast(sl.RowSampling, self.op)
             rows, cols = (torch.as_tensor(k, device=G.device)
-                          for k in np.divmod(self.op.rows, self.da))
-            return (G[:, :, rows] * A[:, :, cols]).sum(dim=1) * self.op.scale
+                          for k in np.divmod(sampling.rows, self.da))
+            return (G[:, :, rows] * A[:, :, cols]).sum(dim=1) * sampling.scale
         if self.method == "face_split":
             omega = torch.as_tensor(self.omega, dtype=G.dtype, device=G.device)
             nu = torch.as_tensor(self.nu, dtype=A.dtype, device=A.device)
