@@ -22,31 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from collections.abc import Callable
 
 import numpy as np
+from bench_sketch import best_times  # the same interleaved, paused timing
 from sklearn.kernel_approximation import PolynomialCountSketch
 
 import sketchlinalg as sl
-
-# Seconds of pause before each timed turn (OpenBLAS's idle threads spin ~0.1 s).
-PAUSE = 0.3
-
-
-def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall time of each function over ``repeats`` rounds, taking turns (one untimed
-    call each first), each turn after a pause."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(PAUSE)
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def kron_rows(G: np.ndarray, A: np.ndarray) -> np.ndarray:
@@ -74,7 +55,8 @@ def polynomial_case(n: int, m: int, d: int, repeats: int) -> None:
         "scikit-learn PolynomialCountSketch (fit+transform)": lambda: peer.fit(X).transform(X),
         "form x (x) x, then CountSketch": lambda: C @ kron_rows(X, X).T,
     }
-    report(f"degree-2 feature map: n = {n}, m = {m}, d = {d}", best_times(fns, repeats), ours)
+    report(f"degree-2 feature map: n = {n}, m = {m}, d = {d}",
+           best_times(fns, repeats, lambda: None), ours)
 
 
 def seng_case(n: int, dg: int, da: int, d: int, repeats: int) -> None:
@@ -88,7 +70,7 @@ def seng_case(n: int, dg: int, da: int, d: int, repeats: int) -> None:
                                                                          A[:, 0]).T,
     }
     report(f"per-sample gradients g (x) a: N = {n}, d_g = {dg}, d_a = {da}, d = {d}",
-           best_times(fns, repeats), ours)
+           best_times(fns, repeats, lambda: None), ours)
 
 
 def main() -> None:
