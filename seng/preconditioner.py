@@ -62,7 +62,8 @@ class SENGPreconditioner:
     model : torch.nn.Module
         The model; it is not modified (hooks only). Supported layers are found by module
         type (see :data:`seng.layers.HELPERS`; a subclass matches when it keeps the type's
-        forward); a parameter shared by two modules is treated as unsupported. For a
+        forward); a parameter used by several modules (tied weights) gets one block whose
+        per-sample gradient is the sum of its users' parts. For a
         ``torch.compile``'d model, the module it wraps (``self.model``): layer names and
         state are those of the plain model, and the compile caches are cleared so that
         compiled code calls the hooks (see the guide's ``torch.compile`` section).
