@@ -145,14 +145,16 @@ def test_wide_matrix():
     assert np.all(np.abs(s_true[:5] - s) <= resid + 100 * eps(np.float64))  # Weyl
 
 
+@pytest.mark.parametrize("single_pass", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_backends(backend, dtype):
+def test_backends(backend, dtype, single_pass):
     # Same seed, same test matrix on every backend: singular values agree with the exact
-    # ones of a rank-6 matrix to rounding of the dtype, factors keep dtype and device.
+    # ones of a rank-6 matrix to rounding of the dtype, factors keep dtype and device; in
+    # either form (the single pass is exact here too: its sketches capture the rank).
     s_true = np.array([5.0, 4.0, 2.0, 1.0, 0.5, 0.25])
     A = matrix_with_spectrum(M_ROWS, N_COLS, s_true, rng=27)
     X = backend.asarray(A, dtype=dtype)
-    U, s, Vh = sl.rsvd(X, 6, P, 2, rng=3)
+    U, s, Vh = sl.rsvd(X, 6, P, None, rng=3, single_pass=single_pass)
     for Z in (U, s, Vh):
         assert type(Z) is type(X) and Z.dtype == X.dtype
         if backend.name.startswith("torch"):
