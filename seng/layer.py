@@ -63,7 +63,7 @@ class Layer:
         return self.curvature is not None and self.live == live
 
     def refresh(self, works: list[list[Any]], live: tuple[str, ...], scale: float,
-                rng: np.random.Generator, comm: Communicator, step: int) -> bool:
+                rng: np.random.Generator | None, comm: Communicator, step: int) -> bool:
         """Build the curvature of step ``step`` from ``works`` (per part, ``(payload, grad)``
         per call holding the samples of every micro-batch) with the signal ``scale``, by the
         layer's route; False (the last good curvature kept) when it is not finite."""

@@ -140,27 +140,19 @@ class SENG(torch.optim.Optimizer):
             return loss
         if self.kl_clip is not None:
             self._clip(directions, grads)
-        updates = {}
+        updates: dict[torch.Tensor, torch.Tensor] = {}
         for group in self.param_groups:
-            for p in group["params"]:
-                d = directions.get(p)
-                if d is None:
-                    continue
-                if group["momentum"]:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d.clone()
-                    else:
-                        buf.mul_(group["momentum"]).add_(d)
-                    d = buf
-                updates[p] = d * -group["lr"]
+            params = [p for p in group["params"] if p in directions]
+            steps = _momentum(self.state, params, [directions[p] for p in params],
+                              group["momentum"])
+            if adapt:
+                updates.update((p, d * -group["lr"]) for p, d in zip(params, steps, strict=True))
+            else:
+                _add(params, steps, -group["lr"])
         if adapt:
             predicted = (sum(float((raw[p].double() * u.double()).sum()) for p, u in updates.items()
                              if p in raw) + 0.5 * pre.curvature_quadratic(updates))
-        for p, u in updates.items():
-            p.add_(u)
-        if adapt:
+            _add(list(updates), list(updates.values()), 1.0)
             self._adapt(_scalar(loss), closure, predicted)
         return loss
 
@@ -218,6 +210,40 @@ class SENG(torch.optim.Optimizer):
         self.preconditioner.load_state_dict(seng_state)
         if self.adaptive_damping and adapted is not None:
             self.preconditioner.damping = float(adapted)
+
+
+def _momentum(state: Any, params: list[torch.Tensor], directions: list[torch.Tensor],
+              momentum: float) -> list[torch.Tensor]:
+    """The heavy-ball steps ``b <- momentum b + d`` (``b = d`` on a parameter's first step),
+    updated in place in ``state``; the directions themselves without momentum."""
+    if not momentum:
+        return directions
+    bufs, old, new = [], [], []
+    for p, d in zip(params, directions, strict=True):
+        buf = state[p].get("momentum_buffer")
+        if buf is None:
+            buf = state[p]["momentum_buffer"] = d.clone()
+        else:
+            old.append(buf)
+            new.append(d)
+        bufs.append(buf)
+    if old:
+        if any(t.is_sparse for t in old + new):
+            for b, d in zip(old, new, strict=True):
+                b.mul_(momentum).add_(d)
+        else:  # one multi-tensor kernel per op, as torch.optim.SGD's foreach path
+            torch._foreach_mul_(old, momentum)
+            torch._foreach_add_(old, new)
+    return bufs
+
+
+def _add(params: list[torch.Tensor], steps: list[torch.Tensor], alpha: float) -> None:
+    """``p += alpha * step`` for each parameter."""
+    if any(t.is_sparse for t in steps):
+        for p, u in zip(params, steps, strict=True):
+            p.add_(u, alpha=alpha)
+    elif params:
+        torch._foreach_add_(params, steps, alpha=alpha)
 
 
 def _scalar(loss: Any) -> float:

@@ -57,6 +57,11 @@ class PerSampleGrads:
         """``U alpha`` in block layout."""
         raise NotImplementedError
 
+    def residual(self, g: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """``g - U alpha`` for ``g`` in block layout (a new tensor): the Woodbury direction's
+        last product, fused with the subtraction where the layout allows."""
+        return g - self.matvec(alpha).reshape(g.shape)
+
     def apply_flops(self) -> float:
         """Flops of one ``rmatvec`` plus one ``matvec``."""
         raise NotImplementedError
@@ -119,6 +124,9 @@ class DenseGrads(PerSampleGrads):
     def matvec(self, alpha: torch.Tensor) -> torch.Tensor:
         return (alpha @ self.rows).reshape(self.block_shape)
 
+    def residual(self, g: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        return torch.addmv(g.reshape(-1), self.rows.T, alpha, alpha=-1).reshape(g.shape)
+
     def apply_flops(self) -> float:
         return 4.0 * self.rows.numel()
 
@@ -162,6 +170,7 @@ class KroneckerFactors(PerSampleGrads):
     """
 
     kind = "kronecker"
+    _grouped: tuple[torch.Tensor, torch.Tensor] | None = None  # see _by_group
 
     def __init__(self, A: torch.Tensor, G: torch.Tensor) -> None:
         if A.shape[:3] != G.shape[:3]:
@@ -184,8 +193,7 @@ class KroneckerFactors(PerSampleGrads):
         if method != "kronecker":
             raise ValueError(f"unknown Gram method {method!r}; valid: 'kronecker', 'dense'")
         n, g, t = self.n, self.groups, self.positions
-        Ag = self.A.transpose(0, 1).reshape(g, n * t, self.da)
-        Gg = self.G.transpose(0, 1).reshape(g, n * t, self.dg)
+        Ag, Gg = self._by_group()
         out = self.A.new_empty((n, n))
         rows = max(1, cost.GRAM_CHUNK_ELEMENTS // max(1, g * t * n * t))
         for i0 in range(0, n, rows):
@@ -196,30 +204,49 @@ class KroneckerFactors(PerSampleGrads):
         return out, "kronecker"
 
     # -- products --------------------------------------------------------------------------
-    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
-        # (U^T g)_i = sum_{j,t} G_ijt . (g_j A_ijt): multiply g into the narrower factor.
-        if self.positions == 1:  # one GEMM per group over the samples, not N GEMVs
-            n, gr = self.n, self.groups
-            Y = self.G.reshape(n, gr, self.dg).transpose(0, 1) @ g  # (groups, N, da)
-            return (Y * self.A.reshape(n, gr, self.da).transpose(0, 1)).sum(dim=(0, 2))
-        if self.da <= self.dg:
-            Y = self.A @ g.transpose(1, 2)  # (N, groups, T, dg)
-            return (Y * self.G).sum(dim=(1, 2, 3))
-        Y = self.G @ g  # (N, groups, T, da)
-        return (Y * self.A).sum(dim=(1, 2, 3))
-
-    def matvec(self, alpha: torch.Tensor) -> torch.Tensor:
-        # sum_i alpha_i G_i^T A_i: one matmul per group over all samples and positions, with
-        # alpha applied to the narrower factor (views of the factors where the layout allows).
+    def _by_group(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A`` and ``G`` as ``(groups, N T, d)``: views for one group (kept, so a step
+        between refreshes reshapes nothing), copies otherwise (made per call, so that the
+        store does not hold the factors twice)."""
+        if self._grouped is not None:
+            return self._grouped
         n, g, t = self.n, self.groups, self.positions
-        w = (alpha if t == 1 else alpha.repeat_interleave(t))[:, None]  # (N T, 1)
-        A = self.A.transpose(0, 1).reshape(g, n * t, self.da)
-        G = self.G.transpose(0, 1).reshape(g, n * t, self.dg)
+        pair = (self.A.transpose(0, 1).reshape(g, n * t, self.da),
+                self.G.transpose(0, 1).reshape(g, n * t, self.dg))
+        if g == 1 and self.A.is_contiguous() and self.G.is_contiguous():
+            self._grouped = pair
+        return pair
+
+    def rmatvec(self, g: torch.Tensor) -> torch.Tensor:
+        # (U^T g)_i = sum_{j,t} G_ijt . (g_j A_ijt): multiply g into the narrower factor,
+        # one batched GEMM over the groups for all samples and positions.
+        A, G = self._by_group()
+        if self.da <= self.dg:
+            Y = (A @ g.transpose(1, 2)).mul_(G)  # (groups, N T, dg)
+        else:
+            Y = (G @ g).mul_(A)  # (groups, N T, da)
+        if self.groups == 1 and self.positions == 1:
+            return Y[0].sum(dim=1)
+        return Y.reshape(self.groups, self.n, -1).sum(dim=(0, 2))
+
+    def _scaled_factors(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G^T, A)`` by group with ``alpha`` applied to the narrower factor's rows."""
+        A, G = self._by_group()
+        w = (alpha if self.positions == 1 else alpha.repeat_interleave(self.positions))[:, None]
         if self.da <= self.dg:
             A = A * w
         else:
             G = G * w
-        return G.transpose(1, 2) @ A
+        return G.transpose(1, 2), A
+
+    def matvec(self, alpha: torch.Tensor) -> torch.Tensor:
+        # sum_i alpha_i G_i^T A_i: one matmul per group over all samples and positions.
+        Gt, A = self._scaled_factors(alpha)
+        return Gt @ A
+
+    def residual(self, g: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        Gt, A = self._scaled_factors(alpha)
+        return torch.baddbmm(g, Gt, A, alpha=-1)
 
     def apply_flops(self) -> float:
         return 4.0 * self.n * self.groups * self.positions * self.da * self.dg

@@ -410,7 +410,7 @@ class SENGPreconditioner:
         self._check_sample_counts()
         self._check_fisher_sampled()
         out: dict[torch.Tensor, torch.Tensor] = {}
-        sharded: list[tuple[Layer, torch.Tensor, tuple[str, ...], dict[str, Any]]] = []
+        pending: list[tuple[Layer, torch.Tensor, tuple[str, ...], dict[str, Any]]] = []
         handled: set[int] = set()
         for layer in self._layers:
             self._capture.release()  # the previous layer's calls: free them as we go
@@ -421,23 +421,18 @@ class SENGPreconditioner:
                 continue
             named = {n: grads[layer.params[n]] for n in live}
             block = layer.helper.grads_to_block(named)
-            if not all_finite(block):
-                self._count("nonfinite_grads", f"NaN/Inf in the gradient of layer {layer.name!r}: "
-                            "its gradient is left untouched and its curvature not updated")
-                continue
             if refresh or layer.needs_refresh:
+                # Between refreshes a non-finite gradient shows in its direction (below).
+                if not self._finite_gradient(layer, block):
+                    continue
                 self._refresh(layer, calls, live, k)
-            work = block.to(work_dtype(block.dtype))
-            if layer.covers(live) and layer.curvature.sharded:
-                sharded.append((layer, work, live, named))  # one collective for all, below
-                continue
-            self._set(out, layer, live, named,
-                      self._directions([layer], [work], [live], damping)[0])
-        if sharded:
-            layers, blocks, lives, nameds = (list(z) for z in zip(*sharded, strict=True))
-            for layer, live, named, d in zip(layers, lives, nameds, self._directions(
-                    layers, blocks, lives, damping), strict=True):
-                self._set(out, layer, live, named, d)
+            pending.append((layer, block.to(work_dtype(block.dtype)), live, named))
+        if pending:  # every layer's direction at once: the communicator's one collective
+            layers, blocks, lives, nameds = (list(z) for z in zip(*pending, strict=True))
+            directions = self._directions(layers, blocks, lives, damping)
+            for layer, live, named, d in zip(layers, lives, nameds, directions, strict=True):
+                if d is not None:
+                    self._set(out, layer, live, named, d)
         for p, g in grads.items():
             values = g.coalesce().values() if g.is_sparse else g
             if id(p) not in handled and all_finite(values):
@@ -457,22 +452,24 @@ class SENGPreconditioner:
             out[layer.params[n]] = t.to(named[n].dtype)
 
     def _directions(self, layers: list[Layer], blocks: list[torch.Tensor],
-                    lives: list[tuple[str, ...]], damping: float) -> list[torch.Tensor]:
+                    lives: list[tuple[str, ...]], damping: float) -> list[torch.Tensor | None]:
         """Each layer's direction: the Woodbury step where its curvature covers the block
         of ``live`` (a non-finite result drops the curvature), the damped gradient
-        otherwise."""
+        otherwise; None for a layer whose gradient is not finite (left untouched)."""
         covered = [i for i, (layer, live) in enumerate(zip(layers, lives, strict=True))
                    if layer.covers(live)]
-        out = list(blocks)
+        out: list[torch.Tensor | None] = [None] * len(layers)
         solved = woodbury_directions([layers[i].curvature for i in covered],
                                      [blocks[i] for i in covered], damping, self._relative,
                                      self.comm) if covered else []
-        for i, (d, fallback) in zip(covered, solved, strict=True):
-            out[i] = self._accept(layers[i], d, fallback, blocks[i], damping)
+        finite = finite_flags([d for d, _ in solved])
+        for i, (d, fallback), ok in zip(covered, solved, finite, strict=True):
+            out[i] = self._accept(layers[i], d if ok else None, fallback, blocks[i], damping)
         for i, layer in enumerate(layers):
-            if i not in covered:
+            if i not in covered and self._finite_gradient(layer, blocks[i]):
                 out[i] = self._missing(layer, blocks[i], damping)
         return out
+
     @torch.no_grad()
     def curvature_quadratic(self, vectors: Mapping[torch.Tensor, torch.Tensor]) -> float:
         """``v^T U U^T v = ||U^T v||^2`` summed over the layers with a stored curvature
@@ -555,7 +552,8 @@ class SENGPreconditioner:
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             scale /= float(self.grad_scaler.get_scale())  # hooks saw the scaled loss
         works = [merge_micro_batches(c, self.accumulation_steps) for c in calls]
-        if not layer.refresh(works, live, scale, self._rng(k, layer.index + 1), comm, k):
+        rng = self._rng(k, layer.index + 1) if layer.route.random else None
+        if not layer.refresh(works, live, scale, rng, comm, k):
             self._count("skipped_updates", f"NaN/Inf in the curvature of layer {layer.name!r}: "
                         "update skipped, the last good curvature is kept")
             return
@@ -569,21 +567,32 @@ class SENGPreconditioner:
         layer.needs_refresh = True
         return self._without_curvature(block, damping)
 
-    def _accept(self, layer: Layer, d: torch.Tensor, fallback: bool, block: torch.Tensor,
-                damping: float) -> torch.Tensor:
-        """``d``, the direction from ``layer``'s curvature, if finite; otherwise drop the
-        curvature and return the damped gradient."""
+    def _accept(self, layer: Layer, d: torch.Tensor | None, fallback: bool,
+                block: torch.Tensor, damping: float) -> torch.Tensor | None:
+        """``d``, the direction from ``layer``'s curvature, unless it was not finite (None):
+        then None for a non-finite gradient (left untouched), else the curvature is dropped
+        and the damped gradient returned."""
         if fallback:
             self._count("solve_fallbacks", f"Cholesky of the damped Gram of layer "
                         f"{layer.name!r} failed; solved with its spectrum clipped at the "
                         "damping")
-        if all_finite(d):
+        if d is not None:
             layer.needs_refresh = False
             return d
+        if not self._finite_gradient(layer, block):
+            return None
         self._count("skipped_updates", f"NaN/Inf in the direction of layer {layer.name!r}: "
                     "its curvature is dropped and refreshed on the next step")
         layer.drop()
         return self._without_curvature(block, damping)
+
+    def _finite_gradient(self, layer: Layer, block: torch.Tensor) -> bool:
+        """Whether ``layer``'s gradient is finite; counted and warned about when not."""
+        if all_finite(block):
+            return True
+        self._count("nonfinite_grads", f"NaN/Inf in the gradient of layer {layer.name!r}: "
+                    "its gradient is left untouched and its curvature not updated")
+        return False
 
     @property
     def _relative(self) -> bool:
@@ -709,6 +718,22 @@ class SENGPreconditioner:
         self.counters = {**{k: 0 for k in self.counters}, **state["counters"]}
         self._capture.reset()
         self._capture.active = self._capture_due(self._step)
+
+
+def finite_flags(tensors: list[torch.Tensor]) -> list[bool]:
+    """Whether each tensor's entries are all finite, with one host synchronization per
+    device: a NaN or Inf entry makes a tensor's sum non-finite, so the sums decide (as in
+    :func:`sketchlinalg.backend.all_finite`), and only a non-finite sum (possibly an
+    overflow of finite entries) pays for the elementwise test."""
+    flags = [True] * len(tensors)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    for idx in by_device.values():
+        sums = torch.stack([tensors[i].sum().double() for i in idx])
+        for i, ok in zip(idx, torch.isfinite(sums).tolist(), strict=True):
+            flags[i] = ok or all_finite(tensors[i])
+    return flags
 
 
 def _mib(nbytes: int) -> str:

@@ -38,6 +38,8 @@ class Route:
     #: Whether the Gram is exact for the captured samples: helpers may then reduce each
     #: call to the exact compact per-sample gradients as soon as its gradient arrives.
     exact: ClassVar[bool] = False
+    #: Whether ``build`` draws from its ``rng`` (the preconditioner makes one only then).
+    random: ClassVar[bool] = True
 
     def __init__(self, solve_dtype: torch.dtype) -> None:
         self.solve_dtype = solve_dtype
@@ -57,6 +59,7 @@ class ExactRoute(Route):
 
     name = "exact"
     exact = True
+    random = False
 
     def build(self, rep: PerSampleGrads, rng: np.random.Generator | None = None,
               comm: Communicator = SINGLE_PROCESS) -> Curvature:

@@ -75,5 +75,5 @@ def check_dense(A: Any, name: str, *, ndim: tuple[int, ...] = (1, 2)) -> tuple[A
 
 def check_finite(xp: Any, A: Any, name: str) -> None:
     """Reject NaN or Inf entries (never return a silent NaN result)."""
-    if not bool(xp.all(xp.isfinite(A))):
+    if not backend.all_finite(A):
         raise ValueError(f"{name} contains NaN or Inf entries")

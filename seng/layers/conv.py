@@ -156,6 +156,13 @@ class ConvFactors(KroneckerFactors):
                             for x, gy in self.calls])
         return self._A
 
+    def compact(self) -> DenseGrads | KroneckerFactors:
+        # Kept as factors, it drops the captured calls and lays G out contiguously, so that
+        # the products between refreshes reshape without copying (KroneckerFactors._by_group).
+        if dense_is_compact(self.positions, self.da, self.dg):
+            return self.to_dense()
+        return KroneckerFactors(self.A, self.G.contiguous())
+
     def to_dense(self) -> DenseGrads:
         W = None
         for x, gy in self.calls:
