@@ -227,22 +227,15 @@ def _momentum(state: Any, params: list[torch.Tensor], directions: list[torch.Ten
             old.append(buf)
             new.append(d)
         bufs.append(buf)
-    if old:
-        if any(t.is_sparse for t in old + new):
-            for b, d in zip(old, new, strict=True):
-                b.mul_(momentum).add_(d)
-        else:  # one multi-tensor kernel per op, as torch.optim.SGD's foreach path
-            torch._foreach_mul_(old, momentum)
-            torch._foreach_add_(old, new)
+    if old:  # multi-tensor kernels, as torch.optim.SGD's foreach path (sparse ones loop)
+        torch._foreach_mul_(old, momentum)
+        torch._foreach_add_(old, new)
     return bufs
 
 
 def _add(params: list[torch.Tensor], steps: list[torch.Tensor], alpha: float) -> None:
-    """``p += alpha * step`` for each parameter."""
-    if any(t.is_sparse for t in steps):
-        for p, u in zip(params, steps, strict=True):
-            p.add_(u, alpha=alpha)
-    elif params:
+    """``p += alpha * step`` for each parameter, by one multi-tensor kernel."""
+    if params:
         torch._foreach_add_(params, steps, alpha=alpha)
 
 

@@ -204,3 +204,28 @@ def test_zero_grad_between_forward_and_backward_keeps_the_curvature():
     loss.backward()
     opt.step()
     assert opt.preconditioner.counters["curvature_updates"] >= 1
+
+
+def test_sparse_gradients_step_as_preconditioner_plus_sgd():
+    """A sparse gradient (nn.Embedding(sparse=True), preconditioned by the plain scaling)
+    beside dense ones in the multi-tensor momentum and update."""
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(12, 4, sparse=True), nn.Flatten(), nn.Linear(8, 3))
+
+    a, b = build(), build()
+    opt_a = SENG(a, lr=0.2, momentum=0.9, damping=0.5, update_freq=2)
+    pre_b = SENGPreconditioner(b, damping=0.5, update_freq=2)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.2, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        x, y = torch.randint(0, 12, (10, 2), generator=g), torch.randint(0, 3, (10,), generator=g)
+        for model, opt, pre in ((a, opt_a, None), (b, opt_b, pre_b)):
+            opt.zero_grad()
+            loss_of(model, x, y).backward()
+            if pre is not None:
+                pre.step()
+            opt.step()
+        assert a[0].weight.grad.is_sparse
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            assert_close(pa, pb, factor=8)

@@ -11,6 +11,7 @@ from torch import nn
 
 from helpers import assert_close
 from seng import SENG, SENGPreconditioner
+from seng.preconditioner import finite_flags
 from seng.routes import ExactRoute
 
 
@@ -88,9 +89,12 @@ def test_update_freq_schedule():
     assert pre.counters["curvature_updates"] == 2 * 4
 
 
-def test_nonfinite_gradient_left_untouched_and_state_kept():
+@pytest.mark.parametrize("update_freq", [1, 10])
+def test_nonfinite_gradient_left_untouched_and_state_kept(update_freq):
+    """On a refresh step (update_freq 1) and between refreshes (10), where the gradient is
+    tested only after its direction came out non-finite."""
     model = mlp()
-    pre = SENGPreconditioner(model, update_freq=1)
+    pre = SENGPreconditioner(model, update_freq=update_freq)
     backward(model)
     pre.step()
     kept = {r["name"]: r["last"]["step"] for r in pre.layer_info()}
@@ -102,9 +106,20 @@ def test_nonfinite_gradient_left_untouched_and_state_kept():
     assert torch.equal(model[0].weight.grad.isnan(), before[0].isnan())
     assert torch.equal(model[0].weight.grad[1:], before[0][1:])
     assert torch.equal(model[0].bias.grad, before[1])
-    assert {r["name"]: r["last"]["step"] for r in pre.layer_info()} == {"0": 0, "2": 1}
+    assert {r["name"]: r["last"]["step"] for r in pre.layer_info()} == {
+        "0": 0, "2": 1 if update_freq == 1 else 0}
     assert kept["0"] == 0 and pre.counters["nonfinite_grads"] == 1
+    assert pre.counters["skipped_updates"] == 0  # the curvature is not blamed
     assert bool(torch.isfinite(model[2].weight.grad).all())
+
+
+def test_finite_flags_decide_by_sums_and_check_an_overflowed_sum():
+    nan, inf = float("nan"), float("inf")
+    tensors = [torch.ones(3), torch.tensor([1.0, nan]), torch.tensor([inf, -inf]),
+               torch.tensor([3e38, 3e38]),  # finite entries whose float32 sum overflows
+               torch.tensor([3e38, inf])]
+    assert finite_flags(tensors) == [True, False, False, True, False]
+    assert finite_flags([]) == []
 
 
 def test_nonfinite_curvature_skipped_with_finite_gradients():
