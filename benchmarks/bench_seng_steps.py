@@ -8,7 +8,8 @@ update_freq 10, at most 1.5x an SGD step"). One thread; learning rates are fixed
 a step does not depend on them).
 
 Run: ``python benchmarks/bench_seng_steps.py [--problems mnist1d-cnn,...]
-[--optimizers sgd,adam,seng] [--rounds 6]`` (MNIST-1D problems need ``.[bench]``).
+[--optimizers sgd,adam,seng] [--rounds 6]`` (MNIST-1D problems need ``.[bench]``;
+``--quick``: one round).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def main() -> None:
     parser.add_argument("--optimizers", default="sgd,adam,seng")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--quick", action="store_true", help="one round")
     args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
     torch.set_num_threads(1)
     specs = all_optimizers()
     names = args.optimizers.split(",")
@@ -46,7 +49,7 @@ def main() -> None:
             continue
         data = problem.load()
         at = {n: (specs[n], LRS.get(n, 0.1)) for n in names}
-        times = time_steps(problem, data, at, args.batch_size, args.rounds)
+        times = time_steps(problem, data, at, args.batch_size, rounds)
         sgd = times["sgd"]["step_time"]
         cells = [f"{n} {times[n]['step_time'] * 1e3:.2f} ms ({times[n]['step_time'] / sgd:.2f}x)"
                  for n in names]

@@ -336,12 +336,19 @@ class BlockSketch:
       materialized per-sample gradients, formed a few samples at a time.
 
     ``rng`` (advanced) draws the sketch; :meth:`matrix` is the explicit ``S`` (for tests).
+    ``method`` overrides the cost model's choice with ``"dense"`` or the family's factor
+    form (for benchmarks that time both, ``benchmarks/bench_seng_sketch_method.py``).
     """
 
     def __init__(self, kind: str, d: int, dg: int, da: int, rng: np.random.Generator, *,
-                 positions: int = 1) -> None:
+                 positions: int = 1, method: str | None = None) -> None:
         self.kind, self.d, self.dg, self.da = kind, d, dg, da
-        self.method = cost.block_sketch_method(kind, positions, da, dg, d)
+        if method is None:
+            method = cost.block_sketch_method(kind, positions, da, dg, d)
+        elif method not in ("dense", cost.BLOCK_SKETCH_METHODS.get(kind, "dense")):
+            raise ValueError(f"Invalid method for kind {kind!r}: {method!r} (valid: 'dense', "
+                             f"{cost.BLOCK_SKETCH_METHODS.get(kind, 'dense')!r}, None)")
+        self.method = method
         self.op: sl.SketchingOperator
         if self.method == "tensorsketch":
             self.op = sl.TensorSketch(d, (dg, da), rng=rng)

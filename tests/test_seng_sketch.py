@@ -89,6 +89,29 @@ def test_sketch_of_factors_equals_dense_oracle(kind, groups, t, da, dg):
     assert curvature.info["sketch_shape"] == [groups, d]
 
 
+@pytest.mark.parametrize("method", ["dense", "tensorsketch"])
+def test_block_sketch_method_override_applies_its_own_matrix(method):
+    """A forced method (the benchmark that checks the cost model times both) is used, and
+    its sketch of the factors is S vec(W) for its own explicit S."""
+    gen = torch.Generator().manual_seed(0)
+    n, t, dg, da, d = 4, 3, 6, 5, 16
+    G = torch.randn(n, t, dg, dtype=torch.float64, generator=gen)
+    A = torch.randn(n, t, da, dtype=torch.float64, generator=gen)
+    sketch = BlockSketch("countsketch", d, dg, da, np.random.default_rng(1), positions=t,
+                         method=method)
+    assert sketch.method == method
+    W = torch.einsum("ntd,nte->nde", G, A).reshape(n, -1).numpy()
+    S = sketch.matrix()
+    assert_close(sketch.apply(G, A), W @ S.T, factor=100, scale=float(np.abs(W).sum(1).max()))
+
+
+@pytest.mark.parametrize(("kind", "method"), [("countsketch", "face_split"),
+                                              ("gaussian", "tensorsketch")])
+def test_block_sketch_rejects_another_familys_method(kind, method):
+    with pytest.raises(ValueError, match="Invalid method for kind"):
+        BlockSketch(kind, 16, 6, 5, np.random.default_rng(0), method=method)
+
+
 def test_tensorsketch_route_error_matches_theory():
     r"""The countsketch route's Gram entries are TensorSketch inner products of the
     d_g x d_a per-sample gradients W_i (sums over T = 2 positions: not rank one), so the mean
