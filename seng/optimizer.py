@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +63,17 @@ class SENG(torch.optim.Optimizer):
         relative one a smaller damping shortens the step). Default False.
     adapt_interval : int
         Steps between damping adaptations. Default 5.
+    adaptive_step : bool
+        Step length from the quadratic model, as K-FAC's adaptive learning rate and momentum
+        (Martens and Grosse 2015, Section 7): the update is ``lr (alpha Delta + mu delta_0)``
+        with ``Delta = -d`` the preconditioned direction, ``delta_0`` the previous update
+        (none when ``momentum = 0`` or on the first step), and ``(alpha, mu)`` minimizing
+        ``M(delta) = g^T delta + delta^T (F + (lambda + weight_decay) I) delta / 2`` over
+        their span (a 2 x 2 solve; ``F = U U^T`` per layer, the identity for parameters
+        without curvature, as the absolute rule assumes). ``lr`` then scales the model's
+        minimizer (1 takes it) and ``momentum`` only says whether ``delta_0`` is used. Costs
+        two more ``U^T v`` products per layer and step. Needs the absolute damping rule;
+        not with ``kl_clip``. Default False.
     **preconditioner_options
         Further keyword arguments of :class:`SENGPreconditioner` (``damping_rule``,
         ``sketch``,
@@ -83,6 +95,7 @@ class SENG(torch.optim.Optimizer):
         kl_clip: float | None = None,
         adaptive_damping: bool = False,
         adapt_interval: int = 5,
+        adaptive_step: bool = False,
         **preconditioner_options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -107,6 +120,18 @@ class SENG(torch.optim.Optimizer):
                              "relative rule a smaller damping does not lengthen the step")
         if adaptive_damping and self._preconditioner_type is not SENGPreconditioner:
             raise ValueError("adaptive_damping is not available with seng.distributed yet")
+        if not isinstance(adaptive_step, bool):
+            raise TypeError(f"adaptive_step must be a bool, got {type(adaptive_step).__name__}")
+        if adaptive_step:
+            if preconditioner_options.get("damping_rule") == "relative":
+                raise ValueError("adaptive_step=True needs damping_rule='absolute' (its "
+                                 "quadratic model damps F by the absolute damping)")
+            if self.kl_clip is not None:
+                raise ValueError("adaptive_step=True sets the step length itself: give "
+                                 "kl_clip=None")
+            if self._preconditioner_type is not SENGPreconditioner:
+                raise ValueError("adaptive_step is not available with seng.distributed yet")
+        self.adaptive_step = adaptive_step
         self.adaptive_damping = adaptive_damping
         self.adapt_interval = _hyper.check_positive_int(adapt_interval, "adapt_interval")
         #: The last reduction ratio ``rho`` of the damping adaptation (None before one).
@@ -143,18 +168,66 @@ class SENG(torch.optim.Optimizer):
         updates: dict[torch.Tensor, torch.Tensor] = {}
         for group in self.param_groups:
             params = [p for p in group["params"] if p in directions]
+            if self.adaptive_step:
+                steps = self._model_steps(group, params, directions, grads)
+                updates.update(zip(params, steps, strict=True))
+                continue
             steps = _momentum(self.state, params, [directions[p] for p in params],
                               group["momentum"])
             if adapt:
                 updates.update((p, d * -group["lr"]) for p, d in zip(params, steps, strict=True))
             else:
                 _add(params, steps, -group["lr"])
+        if self.adaptive_step and not adapt:
+            _add(list(updates), list(updates.values()), 1.0)
         if adapt:
             predicted = (sum(float((raw[p].double() * u.double()).sum()) for p, u in updates.items()
                              if p in raw) + 0.5 * pre.curvature_quadratic(updates))
             _add(list(updates), list(updates.values()), 1.0)
             self._adapt(_scalar(loss), closure, predicted)
         return loss
+
+    def _model_steps(self, group: dict[str, Any], params: list[torch.Tensor],
+                     directions: dict[torch.Tensor, torch.Tensor],
+                     grads: dict[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+        """The updates of ``adaptive_step``: ``lr (alpha Delta + mu delta_0)`` with
+        ``(alpha, mu)`` minimizing the damped quadratic model over their span."""
+        candidates = [{p: -directions[p] for p in params}]
+        previous = [self.state[p].get("previous_update") for p in params]
+        if group["momentum"] and all(v is not None for v in previous):
+            candidates.append(dict(zip(params, previous, strict=True)))
+        shift = _hyper.damping_at(self.preconditioner.damping, self.preconditioner.step_count
+                                  - 1) + group["weight_decay"]
+        coefficients = quadratic_model_step(*self._model_terms(candidates, grads), shift)
+        steps = []
+        for p in params:
+            u = sum(c * v[p] for c, v in zip(coefficients, candidates, strict=True))
+            u = u * group["lr"]
+            self.state[p]["previous_update"] = u
+            steps.append(u)
+        return steps
+
+    def _model_terms(self, candidates: list[dict[torch.Tensor, torch.Tensor]],
+                     grads: dict[torch.Tensor, torch.Tensor]) -> tuple[np.ndarray, np.ndarray,
+                                                                       np.ndarray]:
+        """``(A, E, b)`` over the candidates ``c_i``: ``A_ij = c_i^T F c_j`` (the stored
+        curvature, the identity for parameters without one), ``E_ij = c_i^T c_j``,
+        ``b_i = g^T c_i``."""
+        A, covered = self.preconditioner.curvature_products(candidates)
+        k = len(candidates)
+        E, b = np.zeros((k, k)), np.zeros(k)
+        for p in candidates[0]:
+            vs = [c[p].double() for c in candidates]
+            for i in range(k):
+                b[i] += float((grads[p].double() * vs[i]).sum())
+                for j in range(i, k):
+                    e = float((vs[i] * vs[j]).sum())
+                    E[i, j] = E[j, i] = E[i, j] + e
+                    if p not in covered:  # F = I, as the absolute rule assumes
+                        A[i, j] += e
+                        if j != i:
+                            A[j, i] += e
+        return A, E, b
 
     def _clip(self, directions: dict[torch.Tensor, torch.Tensor],
               grads: dict[torch.Tensor, torch.Tensor]) -> None:
@@ -241,6 +314,22 @@ def _add(params: list[torch.Tensor], steps: list[torch.Tensor], alpha: float) ->
 
 def _scalar(loss: Any) -> float:
     return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+
+
+def quadratic_model_step(A: np.ndarray, E: np.ndarray, b: np.ndarray,
+                         shift: float) -> np.ndarray:
+    """The coefficients ``x`` minimizing ``b^T x + x^T (A + shift E) x / 2`` (the quadratic
+    model restricted to the span of the candidate updates): ``x = -(A + shift E)^{-1} b``,
+    on the first candidate alone when the 2 x 2 system is not positive definite (the
+    candidates are parallel) and zero when even that is not."""
+    C = A + shift * E
+    if len(b) == 2 and C[0, 0] > 0 and C[0, 0] * C[1, 1] - C[0, 1] ** 2 > (
+            1e-12 * C[0, 0] * C[1, 1]):
+        return -np.linalg.solve(C, b)
+    x = np.zeros(len(b))
+    if C[0, 0] > 0:
+        x[0] = -b[0] / C[0, 0]
+    return x
 
 
 #: The adapted damping stays in this range (numerical safety, far from typical values).

@@ -475,16 +475,32 @@ class SENGPreconditioner:
         """``v^T U U^T v = ||U^T v||^2`` summed over the layers with a stored curvature
         (block-diagonal empirical Fisher) for ``vectors`` (``{parameter: v}``); parameters
         without curvature add nothing."""
-        total = 0.0
+        return float(self.curvature_products([vectors])[0][0, 0])
+
+    @torch.no_grad()
+    def curvature_products(
+        self, vector_sets: list[Mapping[torch.Tensor, torch.Tensor]]
+    ) -> tuple[np.ndarray, set[torch.Tensor]]:
+        """``(P, covered)``: ``P[i, j] = sum_l (U_l^T a_i)^T (U_l^T a_j)`` over the layers
+        with a stored curvature that every set gives vectors for (``vector_sets[i]`` =
+        ``{parameter: a_i}``), and the parameters of those layers."""
+        k = len(vector_sets)
+        out, covered = np.zeros((k, k)), set()
         for layer in self._layers:
             if layer.curvature is None or not layer.live:
                 continue
-            if any(layer.params[n] not in vectors for n in layer.live):
+            params = [layer.params[n] for n in layer.live]
+            if any(p not in vectors for vectors in vector_sets for p in params):
                 continue
-            block = layer.helper.grads_to_block({n: vectors[layer.params[n]] for n in layer.live})
-            v = layer.curvature.store.rmatvec(block.to(work_dtype(block.dtype)))
-            total += float(v.double().square().sum())
-        return total
+            covered.update(params)
+            rows = []
+            for vectors in vector_sets:
+                block = layer.helper.grads_to_block({n: vectors[layer.params[n]]
+                                                     for n in layer.live})
+                rows.append(layer.curvature.store.rmatvec(block.to(work_dtype(block.dtype))))
+            V = torch.stack(rows).double()
+            out += (V @ V.T).cpu().numpy()
+        return out, covered
 
     def _check_sample_counts(self) -> None:
         """Every layer captured this step must see the same number of samples N; layers

@@ -18,7 +18,13 @@ import torch
 
 from seng.bench import benchmark as benchmark_module
 from seng.bench import optimizers as optimizers_module
-from seng.bench.benchmark import QUICK, BenchConfig, quick_config, run_benchmark
+from seng.bench.benchmark import (
+    QUICK,
+    BenchConfig,
+    default_optimizer_names,
+    quick_config,
+    run_benchmark,
+)
 from seng.bench.optimizers import (
     SENG_VARIANTS,
     SENGVariant,
@@ -212,6 +218,15 @@ def test_seng_variants_table_adds_optimizers(monkeypatch):
     assert (spec.kind, spec.options, spec.lrs, spec.cycle) == ("seng", {"update_freq": 5},
                                                                (0.1,), 5)
     assert all_optimizers()["seng"].cycle == 10  # SENG's own default
+
+
+def test_variants_out_of_the_study_run_only_when_named(monkeypatch, tmp_path):
+    monkeypatch.setitem(SENG_VARIANTS, "seng-out", SENGVariant({"update_freq": 5}, (0.1,),
+                                                               in_study=False))
+    assert "seng-out" in all_optimizers()
+    defaults = default_optimizer_names()
+    assert "seng-out" not in defaults and {"seng", "seng-lm", "sgd"} <= set(defaults)
+    assert BenchConfig(out=tmp_path, optimizers=("seng-out",)).optimizers == ("seng-out",)
 
 
 def test_conv1d_as_conv2d_is_the_same_function():

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ from seng_oracle import block_rows, per_sample_grads
 from torch import nn
 
 from seng import SENG
-from seng.optimizer import DAMPING_RANGE, levenberg_marquardt
+from seng.optimizer import DAMPING_RANGE, levenberg_marquardt, quadratic_model_step
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -175,3 +177,83 @@ def test_adaptive_damping_needs_a_closure():
     with pytest.raises(ValueError, match="needs step\\(closure\\)"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_quadratic_model_step_solves_its_system_and_falls_back_on_parallel_candidates():
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((2, 2))
+    A, E, b = M @ M.T, np.array([[2.0, 0.3], [0.3, 1.0]]), rng.standard_normal(2)
+    x = quadratic_model_step(A, E, b, 0.5)
+    np.testing.assert_allclose((A + 0.5 * E) @ x, -b, rtol=1e-12, atol=1e-14)
+    # Parallel candidates (c_2 = 2 c_1): a singular 2 x 2 system, solved on c_1 alone.
+    A1, E1 = np.array([[1.0, 2.0], [2.0, 4.0]]), np.array([[1.0, 2.0], [2.0, 4.0]])
+    x = quadratic_model_step(A1, E1, np.array([-3.0, -6.0]), 1.0)
+    np.testing.assert_allclose(x, [1.5, 0.0])
+    assert list(quadratic_model_step(np.zeros((1, 1)), np.zeros((1, 1)), np.ones(1), 0.0)) == [0]
+
+
+class ScaledMLP(nn.Module):
+    """mlp() with a free output scale: a parameter without curvature (F = I for it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+        self.free = nn.Parameter(torch.linspace(0.8, 1.2, 3))
+
+    def forward(self, x):
+        return self.net(x) * self.free
+
+
+@pytest.mark.parametrize("free", [False, True])
+def test_adaptive_step_minimizes_the_damped_quadratic_model(free):
+    """lr 1: each update u minimizes M(delta) = g^T delta + delta^T (F + lambda I) delta / 2
+    over span{d, previous update}: its model gradient g + (F + lambda I) u is orthogonal to u
+    and to the previous update (F from torch.func per-sample gradients at the step's weights,
+    blocks per layer, the identity for the free scale; update_freq 1, so F is this
+    batch's)."""
+    model = ScaledMLP() if free else mlp()
+    layers = ("net.0", "net.2") if free else ("0", "2")
+    damping = 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the free scale's "no curvature" warning
+        opt = SENG(model, lr=1.0, momentum=0.9, damping=damping, update_freq=1,
+                   adaptive_step=True)
+    previous = None
+    for k in range(3):
+        x, y = batch(k)
+        before = copy.deepcopy(model)
+        opt.zero_grad()
+        ce(model(x), y).backward()
+        opt.step()
+        u = {n: (p - q).detach() for (n, p), (_, q) in zip(
+            model.named_parameters(), before.named_parameters(), strict=True)}
+        ps = per_sample_grads(before, ce, x, y)
+        grad_m = {n: ps[n].mean(0) + damping * u[n] for n in u}
+        if free:
+            grad_m["free"] = grad_m["free"] + u["free"]
+        for layer in layers:
+            names = [f"{layer}.weight", f"{layer}.bias"]
+            U = block_rows(ps, names).T / math.sqrt(N)
+            flat = torch.cat([u[n].reshape(-1) for n in names])
+            fu = U @ (U.T @ flat)
+            offset = 0
+            for n in names:
+                grad_m[n] = grad_m[n] + fu[offset:offset + u[n].numel()].reshape(u[n].shape)
+                offset += u[n].numel()
+        scale = sum(float(v.abs().sum()) for v in ps.values())
+        for other in [u] + ([previous] if previous is not None else []):
+            inner = sum(float((grad_m[n] * other[n]).sum()) for n in u)
+            norm = math.sqrt(sum(float(other[n].square().sum()) for n in u))
+            assert abs(inner) <= 1e-9 * scale * norm
+        previous = u
+    assert k == 2
+
+
+@pytest.mark.parametrize(("options", "error", "words"), [
+    ({"adaptive_step": 1}, TypeError, "adaptive_step must be a bool"),
+    ({"adaptive_step": True, "damping_rule": "relative"}, ValueError, "absolute"),
+    ({"adaptive_step": True, "kl_clip": 1.0}, ValueError, "kl_clip=None"),
+])
+def test_adaptive_step_bad_options(options, error, words):
+    with pytest.raises(error, match=words):
+        SENG(mlp(), lr=0.1, **options)

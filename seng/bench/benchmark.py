@@ -21,7 +21,7 @@ import torch
 
 from seng.train._files import write_json
 
-from .optimizers import OptimizerSpec, all_optimizers, missing_requirement
+from .optimizers import SENG_VARIANTS, OptimizerSpec, all_optimizers, missing_requirement
 from .problems import PROBLEMS, Data, Problem, missing_requirements
 from .study import (
     Job,
@@ -48,7 +48,8 @@ class BenchConfig:
         Output folder.
     problems, optimizers : tuple of str
         Names in :data:`seng.bench.problems.PROBLEMS` and :func:`all_optimizers`;
-        ``optimizers`` None means :data:`DEFAULT_OPTIMIZERS` plus any further SENG variant.
+        ``optimizers`` None means :data:`DEFAULT_OPTIMIZERS` plus every further SENG variant
+        of the study (:func:`default_optimizer_names`).
     seeds : int
         Seeds 0..seeds-1, run at every learning rate of the grid; the best learning rate has
         the best mean over them, and its runs are the ones reported.
@@ -144,9 +145,14 @@ def _optimizer_list(cfg: BenchConfig) -> list[OptimizerSpec]:
     specs = all_optimizers()
     if cfg.optimizers is not None:
         return [specs[o] for o in cfg.optimizers]
-    names = [o for o in DEFAULT_OPTIMIZERS if o in specs]
-    names += [o for o in specs if o not in names and specs[o].kind == "seng"]
-    return [specs[o] for o in names]
+    return [specs[o] for o in default_optimizer_names()]
+
+
+def default_optimizer_names() -> list[str]:
+    """The study's optimizers without ``--optimizers``: :data:`DEFAULT_OPTIMIZERS` and every
+    further SENG variant with ``in_study``."""
+    names = list(DEFAULT_OPTIMIZERS)
+    return names + [o for o, v in SENG_VARIANTS.items() if o not in names and v.in_study]
 
 
 def _initial_grid(spec: OptimizerSpec, cfg: BenchConfig) -> list[float]:
@@ -433,4 +439,5 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-__all__ = ["DEFAULT_OPTIMIZERS", "QUICK", "BenchConfig", "quick_config", "run_benchmark"]
+__all__ = ["DEFAULT_OPTIMIZERS", "QUICK", "BenchConfig", "default_optimizer_names", "quick_config",
+           "run_benchmark"]

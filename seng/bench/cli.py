@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .benchmark import QUICK, BenchConfig, run_benchmark
+from .benchmark import QUICK, BenchConfig, default_optimizer_names, run_benchmark
 from .optimizers import all_optimizers
 from .problems import PROBLEMS
 
@@ -28,8 +28,10 @@ def parser() -> argparse.ArgumentParser:
                         f"{QUICK['grid_points']} grid points, {QUICK['seeds']} seeds")
     p.add_argument("--problems", type=_names, default=None,
                    help=f"comma-separated (default all: {','.join(PROBLEMS)})")
+    defaults = default_optimizer_names()
     p.add_argument("--optimizers", type=_names, default=None,
-                   help=f"comma-separated (default all: {','.join(all_optimizers())})")
+                   help=f"comma-separated (default {','.join(default_optimizer_names())}; "
+                        f"also {','.join(o for o in all_optimizers() if o not in defaults)})")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds run at every learning rate (default 3)")
     p.add_argument("--epochs", type=int, default=None,

@@ -64,6 +64,9 @@ class SENGVariant:
     options: dict[str, Any] = field(default_factory=dict)
     lrs: tuple[float, ...] | None = None
     note: str = ""
+    #: Whether the default study runs it (a variant measured once and left out keeps the
+    #: study in its time budget; ``--optimizers`` still runs it).
+    in_study: bool = True
 
 
 #: The SENG configurations benchmarked, by name (each becomes one optimizer of the study).
@@ -80,6 +83,14 @@ SENG_VARIANTS: dict[str, SENGVariant] = {
     "seng-tf": SENGVariant({"fisher": "true"},
                            note="true Fisher (targets sampled from the model; one extra "
                                 "backward per curvature step)"),
+    # lr scales the quadratic model's minimizer: its grid centres on 1.
+    "seng-q": SENGVariant({"adaptive_step": True}, lrs=half_decades(-1, 0),
+                          note="step length and momentum from the damped quadratic model "
+                               "(K-FAC's adaptive step), scaled by lr", in_study=False),
+    "seng-lm-q": SENGVariant({"adaptive_damping": True, "adaptive_step": True},
+                             lrs=half_decades(-1, 0),
+                             note="Levenberg-Marquardt damping and the quadratic model's "
+                                  "step", in_study=False),
 }
 
 #: SENG's learning-rate grid unless a variant gives its own.
