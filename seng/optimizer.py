@@ -178,12 +178,11 @@ class SENG(torch.optim.Optimizer):
                 updates.update((p, d * -group["lr"]) for p, d in zip(params, steps, strict=True))
             else:
                 _add(params, steps, -group["lr"])
-        if self.adaptive_step and not adapt:
-            _add(list(updates), list(updates.values()), 1.0)
         if adapt:
             predicted = (sum(float((raw[p].double() * u.double()).sum()) for p, u in updates.items()
                              if p in raw) + 0.5 * pre.curvature_quadratic(updates))
-            _add(list(updates), list(updates.values()), 1.0)
+        _add(list(updates), list(updates.values()), 1.0)  # those held back for the model
+        if adapt:
             self._adapt(_scalar(loss), closure, predicted)
         return loss
 
@@ -215,19 +214,15 @@ class SENG(torch.optim.Optimizer):
         ``b_i = g^T c_i``."""
         A, covered = self.preconditioner.curvature_products(candidates)
         k = len(candidates)
-        E, b = np.zeros((k, k)), np.zeros(k)
+        E, free, b = np.zeros((k, k)), np.zeros((k, k)), np.zeros(k)
         for p in candidates[0]:
-            vs = [c[p].double() for c in candidates]
-            for i in range(k):
-                b[i] += float((grads[p].double() * vs[i]).sum())
-                for j in range(i, k):
-                    e = float((vs[i] * vs[j]).sum())
-                    E[i, j] = E[j, i] = E[i, j] + e
-                    if p not in covered:  # F = I, as the absolute rule assumes
-                        A[i, j] += e
-                        if j != i:
-                            A[j, i] += e
-        return A, E, b
+            V = torch.stack([_flat(c[p]) for c in candidates])
+            inner = (V @ V.T).cpu().numpy()
+            E += inner
+            if p not in covered:  # F = I, as the absolute rule assumes
+                free += inner
+            b += (V @ _flat(grads[p])).cpu().numpy()
+        return A + free, E, b
 
     def _clip(self, directions: dict[torch.Tensor, torch.Tensor],
               grads: dict[torch.Tensor, torch.Tensor]) -> None:
@@ -310,6 +305,10 @@ def _add(params: list[torch.Tensor], steps: list[torch.Tensor], alpha: float) ->
     """``p += alpha * step`` for each parameter, by one multi-tensor kernel."""
     if params:
         torch._foreach_add_(params, steps, alpha=alpha)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return (t.to_dense() if t.is_sparse else t).double().reshape(-1)
 
 
 def _scalar(loss: Any) -> float:
