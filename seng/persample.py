@@ -225,8 +225,6 @@ class KroneckerFactors(PerSampleGrads):
             Y = (A @ g.transpose(1, 2)).mul_(G)  # (groups, N T, dg)
         else:
             Y = (G @ g).mul_(A)  # (groups, N T, da)
-        if self.groups == 1 and self.positions == 1:
-            return Y[0].sum(dim=1)
         return Y.reshape(self.groups, self.n, -1).sum(dim=(0, 2))
 
     def _scaled_factors(self, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
