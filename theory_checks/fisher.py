@@ -72,7 +72,7 @@ def run(config: Config | None = None) -> Result:
     for name, kind, lam in progress(config, jobs, "fisher"):
         runs[name] = _trajectory(ar, net, W0, y, eta, lam, p["steps"], kind, p["fisher_scale"],
                                  p["damping_scale"])
-    checks = [_closed_form(runs), _stable_rate(runs["stable"], eig, vec, n, eta),
+    checks = [_closed_form(runs), _stable_rate(runs["stable"], y_host, eig, vec, n, eta),
               _unstable(runs["unstable"])]
     figures: list = []
     with figure(config, "fisher_rates", figures) as ax:
@@ -159,12 +159,12 @@ def _closed_form(runs: dict) -> Check:
     )
 
 
-def _stable_rate(tr: dict, eig: np.ndarray, vec: np.ndarray, n: int, eta: float) -> Check:
+def _stable_rate(tr: dict, y: np.ndarray, eig: np.ndarray, vec: np.ndarray, n: int,
+                 eta: float) -> Check:
     """Late-phase rate of the converging EF run against (1 - eta lambda0 / (n lambda))^2."""
     lam = tr["lam"]
     r2 = tr["r2"]
-    above = np.nonzero(r2 > 1e-24 * r2[0])[0]
-    stop = int(above[-1]) + 1
+    stop = _fit.above_rounding(r2, y)
     start = stop // 2
     fit = _fit.rate(r2[:stop], start)
     # faster modes (eigenvectors of H-infinity) in the residual at the window start; their

@@ -235,15 +235,15 @@ def _gd_window(p: dict, ds: dict, r0: np.ndarray, r2: np.ndarray) -> tuple[int, 
     """Fit window of the GD rate and the smallest linearized factor |1 - eta lambda_i| of the
     modes of H-infinity still active in it.
 
-    The window ends at the last step above the rounding floor and starts where the modes
-    faster than the slowest have decayed (in the linearized dynamics, from the projections
-    c_i of r_0) to ``gd_mode_tol`` of it, but no later than half way. Modes whose weight
-    (c_i/c_0)^2 (f_i/f_0)^(2 start) is still above ``gd_mode_tol`` there are active."""
+    The window ends where rounding starts to matter (:func:`_fit.above_rounding`) and starts
+    where the modes faster than the slowest have decayed (in the linearized dynamics, from
+    the projections c_i of r_0) to ``gd_mode_tol`` of it, but no later than half way. Modes
+    whose weight (c_i/c_0)^2 (f_i/f_0)^(2 start) is still above ``gd_mode_tol`` there are
+    active."""
     eta, w, V = p["eta_gd"], ds["eig"], ds["vec"]
     c2 = (V.T @ r0) ** 2
     f = np.abs(1 - eta * w)
-    above = np.nonzero(r2 > 1e-24 * r2[0])[0]
-    stop = int(above[-1]) + 1
+    stop = _fit.above_rounding(r2, ds["y"])
     q = np.max(f[1:]) / f[0]
     iso = math.log(p["gd_mode_tol"] * c2[0] / np.sum(c2[1:])) / (2 * math.log(q))
     start = min(max(math.ceil(iso), 0), stop // 2)
