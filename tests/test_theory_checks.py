@@ -365,8 +365,8 @@ def test_torch_matches_numpy(name):
     The compared values are rates and slopes fitted to trajectories of at most a few hundred
     steps of contractions and to sample means; both backends do float64 arithmetic whose
     per-operation differences (~1e-16) stay far below 1e-6 relative after that, as long as
-    the rate fits stop before rounding dominates the residual (``_fit.above_rounding``). Values named
-    ``err_*`` are rounding errors themselves and differ by design.
+    the rate fits stop before rounding dominates the residual (``_fit.above_rounding``).
+    Values named ``err_*`` are rounding errors themselves and differ by design.
     """
     ref = quick(name)
     got = run_check(name, Config(quick=True, backend="torch"))
