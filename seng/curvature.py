@@ -41,6 +41,7 @@ class Curvature:
         self.store = store
         self.gram = gram
         self.info = info
+        self._factor: tuple[float, sl.DampedGramFactor] | None = None
         self._inverse: tuple[float, torch.Tensor] | None = None
         self._scale: float | None = None
 
@@ -70,27 +71,39 @@ class Curvature:
         :class:`~seng.persample.ShardedGrads`)."""
         return self.store.sharded
 
-    def inverse(self, damping: float) -> tuple[torch.Tensor, bool]:
-        """``(gram + damping I)^{-1}`` (cached while ``damping`` is unchanged) and whether it
-        was computed now by the eigendecomposition fallback.
+    def solve(self, damping: float, v: torch.Tensor,
+              reuse: bool = True) -> tuple[torch.Tensor, bool]:
+        """``(gram + damping I)^{-1} v`` in the solve dtype, and whether the eigendecomposition
+        fallback factored the system in this call.
 
         Factored by :func:`sketchlinalg.damped_gram_factor` (Cholesky, or the clipped
-        eigendecomposition when Cholesky fails) and inverted once, so that each step between
-        refreshes solves by one ``N x N`` matrix-vector product instead of two triangular
-        solves. The system is symmetric positive definite with condition number at most
-        ``(||gram|| + damping) / damping``, where an explicit inverse is as accurate as the
-        solves (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., sec. 14.3).
+        eigendecomposition when Cholesky fails) once per damping. When the system will be
+        solved again (``reuse``: steps between refreshes), the factor is inverted once, so
+        that each later step solves by one ``N x N`` matrix-vector product instead of two
+        triangular solves; a curvature used once (``update_freq`` 1) solves by the factor
+        and never pays for the inversion. The system is symmetric positive definite with
+        condition number at most ``(||gram|| + damping) / damping``, where an explicit inverse
+        is as accurate as the solves (Higham, Accuracy and Stability of Numerical Algorithms,
+        2nd ed., sec. 14.3).
         """
+        v = v.to(self.gram.dtype)
         if self._inverse is not None and self._inverse[0] == damping:
-            return self._inverse[1], False
-        factor = sl.damped_gram_factor(self.gram, damping)
-        if factor.method == "cholesky" and factor.L.dtype == self.gram.dtype:
+            return self._inverse[1] @ v, False
+        fallback = False
+        if self._factor is None or self._factor[0] != damping:
+            self._factor = (damping, sl.damped_gram_factor(self.gram, damping))
+            fallback = self._factor[1].fallback
+        factor = self._factor[1]
+        cholesky = factor.method == "cholesky" and factor.L.dtype == self.gram.dtype
+        if not reuse:
+            x = torch.cholesky_solve(v[:, None], factor.L)[:, 0] if cholesky else factor.solve(v)
+            return x, fallback
+        if cholesky:
             inv = torch.cholesky_inverse(factor.L)  # LAPACK potri: a third of two solves' flops
         else:
-            n = self.gram.shape[0]
-            inv = factor.solve(torch.eye(n, dtype=self.gram.dtype, device=self.gram.device))
+            inv = factor.solve(torch.eye(v.shape[0], dtype=v.dtype, device=v.device))
         self._inverse = (damping, inv)
-        return inv, factor.fallback
+        return inv @ v, fallback
 
     @property
     def nbytes(self) -> int:
@@ -119,7 +132,7 @@ class Completion(Protocol):
 
 def woodbury_directions(
     curvatures: Sequence[Curvature], blocks: Sequence[torch.Tensor], damping: float,
-    relative: bool, completion: Completion | None = None,
+    relative: bool, completion: Completion | None = None, reuse: bool = True,
 ) -> list[tuple[torch.Tensor, bool]]:
     r"""The SENG direction of each layer, ``(d, whether the Cholesky fallback ran)``:
 
@@ -129,10 +142,10 @@ def woodbury_directions(
     with ``lambda`` each layer's :meth:`Curvature.system_damping`. The one place the
     Woodbury step is written: for a sharded ``U`` (some curvatures' stores hold this
     process's samples only) ``completion`` turns the partial ``U_r^T g`` and ``U_r alpha_r``
-    of all of them into the full products with one collective each.
+    of all of them into the full products with one collective each. ``reuse``: whether the
+    curvatures will precondition another step (see :meth:`Curvature.solve`).
     """
     lams = [c.system_damping(damping, relative) for c in curvatures]
-    inverses = [c.inverse(lam) for c, lam in zip(curvatures, lams, strict=True)]
     sharded = [i for i, c in enumerate(curvatures) if c.sharded]
     if sharded and completion is None:
         raise ValueError("a sharded curvature needs a completion (its communicator)")
@@ -145,18 +158,18 @@ def woodbury_directions(
                                           [v[i].to(common) for i in sharded])
         for i, vi in zip(sharded, full, strict=True):
             v[i] = vi
-    alphas = [(inv @ vi.to(inv.dtype)).to(b.dtype)
-              for (inv, _), b, vi in zip(inverses, blocks, v, strict=True)]
+    solved = [c.solve(lam, vi, reuse) for c, lam, vi in zip(curvatures, lams, v, strict=True)]
+    alphas = [a.to(b.dtype) for (a, _), b in zip(solved, blocks, strict=True)]
     if not sharded:  # g - U alpha in one fused product each
         return [(_scaled(c.store.residual(b, a), lam, relative), fb)
-                for c, b, a, lam, (_, fb) in zip(curvatures, blocks, alphas, lams, inverses,
+                for c, b, a, lam, (_, fb) in zip(curvatures, blocks, alphas, lams, solved,
                                                  strict=True)]
     u_alpha = [c.store.matvec(a) for c, a in zip(curvatures, alphas, strict=True)]
     full = completion.reduce_matvecs([u_alpha[i].to(common) for i in sharded])
     for i, ua in zip(sharded, full, strict=True):
         u_alpha[i] = ua
     return [(_scaled(b - ua.reshape(b.shape).to(b.dtype), lam, relative), fb)
-            for b, ua, lam, (_, fb) in zip(blocks, u_alpha, lams, inverses, strict=True)]
+            for b, ua, lam, (_, fb) in zip(blocks, u_alpha, lams, solved, strict=True)]
 
 
 def _scaled(r: torch.Tensor, lam: float, relative: bool) -> torch.Tensor:

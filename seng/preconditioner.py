@@ -429,7 +429,8 @@ class SENGPreconditioner:
             pending.append((layer, block.to(work_dtype(block.dtype)), live, named))
         if pending:  # every layer's direction at once: the communicator's one collective
             layers, blocks, lives, nameds = (list(z) for z in zip(*pending, strict=True))
-            directions = self._directions(layers, blocks, lives, damping)
+            reuse = not self._refresh_due(k + 1, k if refresh else self._last_update, next_freq)
+            directions = self._directions(layers, blocks, lives, damping, reuse)
             for layer, live, named, d in zip(layers, lives, nameds, directions, strict=True):
                 if d is not None:
                     self._set(out, layer, live, named, d)
@@ -452,16 +453,18 @@ class SENGPreconditioner:
             out[layer.params[n]] = t.to(named[n].dtype)
 
     def _directions(self, layers: list[Layer], blocks: list[torch.Tensor],
-                    lives: list[tuple[str, ...]], damping: float) -> list[torch.Tensor | None]:
+                    lives: list[tuple[str, ...]], damping: float,
+                    reuse: bool) -> list[torch.Tensor | None]:
         """Each layer's direction: the Woodbury step where its curvature covers the block
         of ``live`` (a non-finite result drops the curvature), the damped gradient
-        otherwise; None for a layer whose gradient is not finite (left untouched)."""
+        otherwise; None for a layer whose gradient is not finite (left untouched).
+        ``reuse``: whether the next step is no refresh (it reuses the curvature)."""
         covered = [i for i, (layer, live) in enumerate(zip(layers, lives, strict=True))
                    if layer.covers(live)]
         out: list[torch.Tensor | None] = [None] * len(layers)
         solved = woodbury_directions([layers[i].curvature for i in covered],
                                      [blocks[i] for i in covered], damping, self._relative,
-                                     self.comm) if covered else []
+                                     self.comm, reuse) if covered else []
         finite = finite_flags([d for d, _ in solved])
         for i, (d, fallback), ok in zip(covered, solved, finite, strict=True):
             out[i] = self._accept(layers[i], d if ok else None, fallback, blocks[i], damping)
