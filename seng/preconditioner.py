@@ -429,7 +429,10 @@ class SENGPreconditioner:
             pending.append((layer, block.to(work_dtype(block.dtype)), live, named))
         if pending:  # every layer's direction at once: the communicator's one collective
             layers, blocks, lives, nameds = (list(z) for z in zip(*pending, strict=True))
-            reuse = not self._refresh_due(k + 1, k if refresh else self._last_update, next_freq)
+            # Whether the curvature in use serves more than one step: decided by the step it
+            # was made at, so that a resumed run solves as the uninterrupted one did.
+            made = k if refresh else self._last_update
+            reuse = made is None or not self._refresh_due(made + 1, made)
             directions = self._directions(layers, blocks, lives, damping, reuse)
             for layer, live, named, d in zip(layers, lives, nameds, directions, strict=True):
                 if d is not None:
@@ -458,7 +461,7 @@ class SENGPreconditioner:
         """Each layer's direction: the Woodbury step where its curvature covers the block
         of ``live`` (a non-finite result drops the curvature), the damped gradient
         otherwise; None for a layer whose gradient is not finite (left untouched).
-        ``reuse``: whether the next step is no refresh (it reuses the curvature)."""
+        ``reuse``: whether the curvature serves more steps than this one."""
         covered = [i for i, (layer, live) in enumerate(zip(layers, lives, strict=True))
                    if layer.covers(live)]
         out: list[torch.Tensor | None] = [None] * len(layers)
@@ -671,6 +674,14 @@ class SENGPreconditioner:
         ``numel``, ``route`` (setting), ``last`` (info of the stored curvature: route used,
         Gram method, storage, cost-model flops, step, samples) and ``memory_bytes`` held."""
         return [layer.info() for layer in self._layers]
+
+    def gram_eigenvalues(self) -> dict[str, torch.Tensor]:
+        """The eigenvalues (ascending) of each layer's stored Gram ``U^T U``, by layer name
+        (``""`` for the model itself): the nonzero spectrum of ``U U^T``, which the absolute
+        rule's damping is added to. A damping far above the largest leaves that layer's step
+        the damped gradient. Layers without a stored curvature are left out."""
+        return {layer.name: torch.linalg.eigvalsh(layer.curvature.gram)
+                for layer in self._layers if layer.curvature is not None}
 
     def unsupported_parameters(self) -> list[str]:
         """Names of the trainable parameters without curvature (damped gradient only)."""

@@ -129,6 +129,25 @@ def test_scale_is_the_mean_gram_diagonal():
     assert curv.system_damping(0.5, relative=False) == 0.5
 
 
+def test_gram_eigenvalues_against_the_dense_oracle():
+    """The spectrum the damping is compared with: eigenvalues of U^T U, U = rows^T / sqrt(N)
+    (a layer's per-sample gradients), per layer; layers never captured are left out."""
+    torch.manual_seed(0)
+    model = Net()
+    x, y = data()
+    pre = SENGPreconditioner(model)
+    assert pre.gram_eigenvalues() == {}
+    batch_loss(model, F.cross_entropy, x, y, "mean").backward()
+    pre.step()
+    ps = per_sample_grads(model, F.cross_entropy, x, y)
+    got = pre.gram_eigenvalues()
+    assert set(got) == {"fc1", "norm", "fc2"}
+    for layer, w in got.items():
+        rows = block_rows(ps, [n for n in ps if n.rsplit(".", 1)[0] == layer])
+        want = torch.linalg.eigvalsh(rows @ rows.T / N)
+        assert_close(w, want, scale=float(want[-1]))
+
+
 @pytest.mark.parametrize("rule", ["Relative", "", None, 1.0])
 def test_bad_damping_rule(rule):
     with pytest.raises(ValueError, match="damping_rule"):
