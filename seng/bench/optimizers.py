@@ -83,6 +83,17 @@ SENG_VARIANTS: dict[str, SENGVariant] = {
     "seng-tf": SENGVariant({"fisher": "true"},
                            note="true Fisher (targets sampled from the model; one extra "
                                 "backward per curvature step)"),
+    # What the curvature-every-step gain rests on (measured once, out of the default study):
+    # staleness of one step, a subsample of the batch, and a damping in the autoencoder's
+    # units with and without fresh curvature.
+    "seng-uf2": SENGVariant({"update_freq": 2}, note="curvature every other step",
+                            in_study=False),
+    "seng-uf1-cb32": SENGVariant({"update_freq": 1, "curvature_batch": 32},
+                                 note="curvature every step from 32 of the 128 samples",
+                                 in_study=False),
+    "seng-d001": SENGVariant({"damping": 0.01}, note="damping 0.01", in_study=False),
+    "seng-uf1-d001": SENGVariant({"update_freq": 1, "damping": 0.01},
+                                 note="curvature every step, damping 0.01", in_study=False),
     # lr scales the quadratic model's minimizer: its grid centres on 1.
     "seng-q": SENGVariant({"adaptive_step": True}, lrs=half_decades(-1, 0),
                           note="step length and momentum from the damped quadratic model "
