@@ -10,7 +10,7 @@ import pytest
 
 import theory_checks
 import theory_checks.linalg
-from theory_checks import CHECKS, Check, Config, Result, run_check
+from theory_checks import CHECKS, Check, Config, Result, _fit, run_check
 from theory_checks.__main__ import main
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -354,6 +354,17 @@ def test_empirical_is_skipped_not_passed_without_mnist1d(monkeypatch, tmp_path, 
     assert "| empirical | SENG vs SGD: epochs to the target | SKIP |" in report
     out = capsys.readouterr().out
     assert "SKIP  empirical" in out and "not checked: the MNIST-1D data needs" in out
+
+
+def test_rate_fits_stop_at_the_rounding_margin():
+    """The fit keeps the steps whose ||r||^2 exceeds (1e6 eps)^2 ||y||^2, and no later one."""
+    y = np.array([0.6, 0.8])  # ||y|| = 1
+    floor = (1e6 * np.finfo(np.float64).eps) ** 2
+    r2 = np.array([1.0, 1e-10, floor * 1.01, floor * 0.99, 1e-40])
+    assert _fit.above_rounding(r2, y) == 3
+    assert _fit.above_rounding(r2, 2 * y) == 2  # the floor scales with ||y||^2
+    with pytest.raises(ValueError, match="rounding floor"):
+        _fit.above_rounding(r2[3:], y)
 
 
 # -- backends --------------------------------------------------------------------------------

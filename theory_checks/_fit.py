@@ -72,7 +72,10 @@ def above_rounding(r2: np.ndarray, y: np.ndarray) -> int:
     """The number of leading steps to fit: one past the last step whose ``||r||^2`` exceeds
     ``(ROUNDING_MARGIN eps)^2 ||y||^2``."""
     floor = (ROUNDING_MARGIN * np.finfo(np.float64).eps) ** 2 * float(np.sum(np.square(y)))
-    return int(np.nonzero(np.asarray(r2) > floor)[0][-1]) + 1
+    above = np.nonzero(np.asarray(r2) > floor)[0]
+    if above.size == 0:
+        raise ValueError("no step's residual is above the rounding floor: nothing to fit")
+    return int(above[-1]) + 1
 
 
 def exponent(x: np.ndarray, values: np.ndarray) -> Fit:
