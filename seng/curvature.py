@@ -112,6 +112,11 @@ class Curvature:
         return ((self._inverse is None or self._inverse[0] != damping)
                 and (self._factor is None or self._factor[0] != damping))
 
+    def set_cholesky(self, damping: float, L: torch.Tensor) -> None:
+        """Take ``L``, the Cholesky factor of ``gram + damping I`` in the Gram's dtype, as the
+        factor :meth:`solve` uses at ``damping`` (see :func:`factor_together`)."""
+        self._factor = (damping, L)
+
     @property
     def nbytes(self) -> int:
         return self.store.nbytes + self.gram.numel() * self.gram.element_size()
@@ -202,7 +207,7 @@ def factor_together(curvatures: Sequence[Curvature], lams: Sequence[float]) -> N
         L, info = torch.linalg.cholesky_ex(M)
         for (c, lam), Li, ok in zip(members, L, (info == 0).tolist(), strict=True):
             if ok:
-                c._factor = (lam, Li)
+                c.set_cholesky(lam, Li)
 
 
 def _scaled(r: torch.Tensor, lam: float, relative: bool) -> torch.Tensor:
