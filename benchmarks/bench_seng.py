@@ -23,6 +23,11 @@ so that glibc returns freed tensors to the system and the RSS follows the live t
 
 Targets: amortized <= 1.25 x SGD, curvature step <= 3 x SGD, extra memory <= 25% over SGD's.
 
+On ``--device cuda`` the clock synchronizes the device around each step, no CPU time is
+reported, and the memory is the peak of ``torch.cuda.max_memory_allocated`` over ten steps
+above what was allocated before them (the caching allocator's own count, so exact and in
+process).
+
 Run: ``python benchmarks/bench_seng.py`` (``--quick``: batch 32, fewer repeats;
 ``--sketch auto`` to let the cost model pick routes; ``--profile`` prints the top ops of a
 curvature step).
@@ -45,6 +50,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from seng import SENGPreconditioner
+
+DEVICE = torch.device("cpu")  # set by --device
 
 
 class Block(nn.Module):
@@ -73,8 +80,9 @@ def resnet() -> nn.Module:
 def setup(batch: int, seng: bool, update_freq: int, sketch: str | None,
           curvature_batch: int | None = None):
     torch.manual_seed(0)
-    model = resnet()
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    model = resnet().to(DEVICE)
+    x = torch.randn(batch, 3, 32, 32).to(DEVICE)
+    y = torch.randint(0, 10, (batch,)).to(DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     pre = SENGPreconditioner(model, update_freq=update_freq, sketch=sketch,
                              curvature_batch=curvature_batch) if seng else None
@@ -116,6 +124,32 @@ def measure_times(batch: int, repeats: int, sketch: str | None, clock) -> dict[s
         best["amortized"] = min(best["amortized"], sum(window) / len(window))
     best["report"] = pre.report()  # type: ignore[assignment]
     return best
+
+
+def cuda_clock() -> float:
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def cuda_memory(batch: int, which: str, sketch: str | None,
+                curvature_batch: int | None) -> tuple[float, int]:
+    """Peak CUDA allocation (bytes) of ten training steps above the allocation before them,
+    after two warm-up steps of a throwaway copy, and the stored curvature's bytes."""
+    _, _, step = setup(batch, which == "seng", 10, sketch, curvature_batch)
+    step()
+    step()
+    del step
+    gc.collect()
+    torch.cuda.empty_cache()
+    _, pre, step = setup(batch, which == "seng", 10, sketch, curvature_batch)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    for _ in range(10):
+        step()
+    torch.cuda.synchronize()
+    held = 0 if pre is None else sum(r["memory_bytes"] for r in pre.layer_info())
+    return float(torch.cuda.max_memory_allocated() - base), held
 
 
 def rss_kib(field: str) -> int:
@@ -171,6 +205,10 @@ def profile(batch: int, sketch: str | None) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+ROWS = [("SGD step", "sgd", ""), ("SENG curvature step", "curvature", "<= 3"),
+        ("SENG plain step", "plain", ""), ("SENG amortized (freq 10)", "amortized", "<= 1.25")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 32, 2 repeats")
@@ -184,12 +222,18 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true", help="skip the step times")
     parser.add_argument("--curvature-batch", type=int, default=None,
                         help="SENG curvature_batch, for the memory only (None: the batch)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--memory-child", choices=["sgd", "seng"], help=argparse.SUPPRESS)
     parser.add_argument("--memory-warm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     batch = args.batch or (32 if args.quick else 128)
     repeats = 2 if args.quick else args.repeats
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        main_cuda(args, batch, repeats)
+        return
     if args.memory_child:
         peak, held = measure_memory(batch, args.memory_child, args.sketch, args.memory_warm,
                                     args.curvature_batch)
@@ -218,13 +262,27 @@ def main() -> None:
     wall = measure_times(batch, repeats, args.sketch, time.perf_counter)
     cpu = measure_times(batch, repeats, args.sketch, time.process_time)
     print(f"{'':<28}{'wall ms':>10}{'x SGD':>8}{'CPU ms':>10}{'x SGD':>8}   target")
-    rows = [("SGD step", "sgd", ""), ("SENG curvature step", "curvature", "<= 3"),
-            ("SENG plain step", "plain", ""),
-            ("SENG amortized (freq 10)", "amortized", "<= 1.25")]
-    for name, key, target in rows:
+    for name, key, target in ROWS:
         print(f"{name:<28}{wall[key] * 1e3:>10.1f}{wall[key] / wall['sgd']:>8.2f}"
               f"{cpu[key] * 1e3:>10.1f}{cpu[key] / cpu['sgd']:>8.2f}   {target}")
     print(cpu["report"])
+
+
+
+def main_cuda(args: argparse.Namespace, batch: int, repeats: int) -> None:
+    sgd, _ = cuda_memory(batch, "sgd", args.sketch, args.curvature_batch)
+    seng, held = cuda_memory(batch, "seng", args.sketch, args.curvature_batch)
+    params = sum(p.numel() for p in resnet().parameters())
+    print(f"ResNet-style CNN ({params} parameters), batch {batch}, 32x32, float32, "
+          f"{torch.cuda.get_device_name()}, sketch={args.sketch}; best of {repeats}")
+    print(f"peak CUDA memory growth over ten steps: SGD {sgd / 2**20:.1f} MiB, SENG "
+          f"{seng / 2**20:.1f} MiB: SENG uses {100 * (seng / sgd - 1):+.1f}% (target <= +25%), "
+          f"of which the stored curvature (U and Gram) {100 * held / sgd:.1f}%")
+    wall = measure_times(batch, repeats, args.sketch, cuda_clock)
+    print(f"{'':<28}{'wall ms':>10}{'x SGD':>8}   target")
+    for name, key, target in ROWS:
+        print(f"{name:<28}{wall[key] * 1e3:>10.2f}{wall[key] / wall['sgd']:>8.2f}   {target}")
+    print(wall["report"])
 
 
 if __name__ == "__main__":
