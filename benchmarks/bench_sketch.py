@@ -101,7 +101,8 @@ def run(m: int, n: int, d: int, repeats: int, backend: str, device: str) -> None
     load = os.getloadavg()[0]
     t = best_times(fns, repeats, sync)
     read = t["read"]
-    print(f"\ndense A: {m} x {n} float64 ({backend}/{device}), d = {d}; one read = "
+    where = f"torch/{device}" if backend == "torch" else backend
+    print(f"\ndense A: {m} x {n} float64 ({where}), d = {d}; one read = "
           f"{read * 1e3:.2f} ms; best of {repeats} interleaved rounds, {PAUSE} s pauses; "
           f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"{'family':<12} {'apply ms':>9} {'/read':>7} {'build+apply ms':>15} {'peer':<18}"

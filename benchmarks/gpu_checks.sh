@@ -2,9 +2,9 @@
 # The GPU checks in one script, for a machine with one CUDA device (CI has none): the tests
 # that need a device (torch CUDA and CuPy backends, SENG on CUDA, fp16 autocast), the CUDA
 # rows of the benchmarks, a one-rank NCCL training run per data-parallel mode, then the whole
-# suite with the device visible. Logs go to out/gpu, packed into out/gpu/../gpu_logs.tgz
-# ($OUT/gpu_logs.tgz where OUT is set). Run from the repository root:
-#   bash benchmarks/gpu_checks.sh
+# suite with the device visible. The logs are packed into $OUT/gpu_logs.tgz (default
+# out/gpu_logs.tgz). Install what is missing first (array-api-compat at least), then run from
+# the repository root: bash benchmarks/gpu_checks.sh
 set -u
 dest=${OUT:-$PWD/out}
 out=$(mktemp -d)/gpu
@@ -28,9 +28,10 @@ step bench_seng 120 $py benchmarks/bench_seng.py --device cuda
 step bench_rsvd 150 $py benchmarks/bench_rsvd.py --device cuda
 step bench_sketch_torch 120 $py benchmarks/bench_sketch.py --backend torch --device cuda
 step bench_sketch_cupy 120 $py benchmarks/bench_sketch.py --backend cupy
-for mode in global global-sharded local; do
+for mode in global global-sharded local; do  # sharding applies to sketched layers only
     step "nccl_$mode" 120 torchrun --standalone --nproc_per_node 1 -m seng.train --device cuda \
-        --epochs 2 --optimizers sgd,seng --dist-mode "$mode" --no-progress --out "$out/train_$mode"
+        --epochs 2 --optimizers sgd,seng --dist-mode "$mode" --sketch countsketch \
+        --no-progress --out "$out/train_$mode"
 done
-step tests_all 200 $py -m pytest -q -p no:cacheprovider -n 16 tests
+step tests_all 300 $py -m pytest -q -p no:cacheprovider -n 16 -m 'not slow' tests
 tar czf "$dest/gpu_logs.tgz" -C "$(dirname "$out")" gpu

@@ -436,8 +436,11 @@ def solve_triangular(T: Any, B: Any, *, lower: bool, trans: bool = False) -> Any
         X = torch.linalg.solve_triangular(T, B[:, None] if vec else B, upper=not lower)
         return X[:, 0] if vec else X
     if name == "cupy":
+        import cupy
         import cupyx.scipy.linalg
 
+        if 0 in B.shape:  # cuBLAS's trsm rejects an empty right-hand side
+            return cupy.empty(B.shape, dtype=cupy.result_type(T, B))
         return cupyx.scipy.linalg.solve_triangular(T, B, lower=lower, trans=1 if trans else 0)
     if name == "jax":
         import jax.scipy.linalg

@@ -36,7 +36,7 @@ def make_model():
         def forward(self, x):
             h = torch.tanh(self.gn(self.conv(x)))  # (N, 4, 5, 5)
             h = self.ln(self.tok(h.flatten(2).transpose(1, 2)))  # 25 tokens of width 6
-            h = h + self.emb(torch.arange(25).remainder(3).expand(x.shape[0], 25))
+            h = h + self.emb(torch.arange(25, device=x.device).remainder(3).expand(x.shape[0], 25))
             return self.head(torch.tanh(h).mean(1))
 
     return Net()
