@@ -12,6 +12,7 @@ from sketchlinalg.backend import all_finite
 from .comm import Communicator
 from .curvature import Curvature
 from .layers import LayerHelper
+from .persample import PerSampleGrads, from_state, pool
 from .routes import Route
 
 
@@ -31,6 +32,11 @@ class Layer:
 
     ``live`` names the parameters the stored curvature covers; a step whose trainable set
     differs has no curvature for the layer until the next refresh (``needs_refresh``).
+
+    With ``memory = k > 1`` the curvature pools the per-sample gradients of the last ``k``
+    curvature batches (:func:`seng.persample.pool`); ``recent`` holds the last ``k - 1``
+    batches' own stores for the next refresh. A refresh whose layout differs from theirs
+    (another set of live parameters, sequence length or store kind) starts the pool again.
     """
 
     def __init__(self, index: int, name: str, module: nn.Module, helper: LayerHelper,
@@ -49,6 +55,8 @@ class Layer:
         self.curvature: Curvature | None = None
         self.live: tuple[str, ...] = ()
         self.needs_refresh = True
+        self.memory = 1
+        self.recent: list[PerSampleGrads] = []
 
     @property
     def capture_names(self) -> list[str]:
@@ -69,15 +77,28 @@ class Layer:
         layer's route; False (the last good curvature kept) when it is not finite."""
         rep = self.helper.per_sample(works[0] if len(self.parts) == 1 else works, live, scale)
         curvature = self.route.build(rep, rng, comm)
+        batches = [curvature.store]
+        pooled = pool(self.recent + batches) if self.memory > 1 and self.recent else None
+        if pooled is not None:
+            batches = self.recent + batches
+            gram, method = pooled.gram()
+            flops, temp = pooled.gram_costs()[method]
+            curvature = Curvature(pooled, gram.to(curvature.gram.dtype), {
+                **curvature.info, "gram_method": method, "gram_flops": flops,
+                "gram_temp_bytes": temp})
         if not all_finite(curvature.gram):
             return False
-        curvature.info.update(step=step, samples=curvature.gram.shape[0])
+        if self.memory > 1:
+            self.recent = batches[-(self.memory - 1):]
+        curvature.info.update(step=step, samples=curvature.gram.shape[0],
+                              pooled_batches=len(batches))
         self.curvature, self.live = curvature, live
         return True
 
     def drop(self) -> None:
         """Forget the curvature (a non-finite direction): refresh at the next step."""
         self.curvature = None
+        self.recent = []
         self.needs_refresh = True
 
     def info(self) -> dict[str, Any]:
@@ -89,7 +110,7 @@ class Layer:
             "params": list(self.params),
             "numel": sum(p.numel() for p in self.params.values()),
             "route": self.route.name, "last": None if c is None else dict(c.info),
-            "memory_bytes": 0 if c is None else c.nbytes,
+            "memory_bytes": (0 if c is None else c.nbytes) + sum(s.nbytes for s in self.recent),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -97,7 +118,8 @@ class Layer:
         state = None if self.curvature is None else self.curvature.state_dict()
         return {"curvature": state, "live": list(self.live),
                 "needs_refresh": self.needs_refresh or (
-                    self.curvature is not None and state is None)}
+                    self.curvature is not None and state is None),
+                "recent": [s.state_dict() for s in self.recent]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = next(iter(self.params.values())).device
@@ -105,3 +127,4 @@ class Layer:
         self.curvature = None if c is None else Curvature.from_state(c, device)
         self.live = tuple(state["live"])
         self.needs_refresh = bool(state["needs_refresh"])
+        self.recent = [from_state(r, device) for r in state.get("recent", [])]

@@ -36,6 +36,10 @@ class PerSampleGrads:
     #: Whether this process holds only some samples' columns of ``U``
     #: (:class:`ShardedGrads`): its products are then partial, completed by a communicator.
     sharded: ClassVar[bool] = False
+    #: The tensor of :meth:`tensors` that ``U`` is linear in, and whose leading dimension
+    #: indexes the samples like every other tensor's (:func:`pool` scales and joins it);
+    #: None where stores cannot be pooled.
+    linear_in: ClassVar[str | None] = None
 
     def gram(self, method: str | None = None) -> tuple[torch.Tensor, str]:
         """``(U^T U, method used)`` in the factors' dtype."""
@@ -106,6 +110,7 @@ class DenseGrads(PerSampleGrads):
     """``U`` stored as the matrix of its rows, ``rows`` of shape ``(N, p)`` (``u_i`` = row i)."""
 
     kind = "dense"
+    linear_in = "rows"
 
     def __init__(self, rows: torch.Tensor, block_shape: tuple[int, ...]) -> None:
         self.rows = rows
@@ -170,6 +175,7 @@ class KroneckerFactors(PerSampleGrads):
     """
 
     kind = "kronecker"
+    linear_in = "G"
     _grouped: tuple[torch.Tensor, torch.Tensor] | None = None  # see _by_group
 
     def __init__(self, A: torch.Tensor, G: torch.Tensor) -> None:
@@ -407,6 +413,7 @@ class EmbeddingGrads(PerSampleGrads):
     """
 
     kind = "embedding"
+    linear_in = "G"
 
     def __init__(self, idx: torch.Tensor, G: torch.Tensor, num_embeddings: int) -> None:
         if idx.shape != G.shape[:2]:
@@ -553,6 +560,26 @@ REPRESENTATIONS: dict[str, type[PerSampleGrads]] = {
     KroneckerFactors.kind: KroneckerFactors,
     EmbeddingGrads.kind: EmbeddingGrads,
 }
+
+
+def pool(stores: list[PerSampleGrads]) -> PerSampleGrads | None:
+    r"""The store of :math:`U = [U_1, \dots, U_k] / \sqrt{k}` for the stores of ``k``
+    batches, so that :math:`U U^T` is the mean of their :math:`U_j U_j^T`; None when their
+    layouts differ (another kind, block or number of positions per sample)."""
+    first = stores[0]
+    key = first.linear_in
+    if key is None:
+        return None
+    parts = [s.tensors() for s in stores]
+    for s, t in zip(stores, parts, strict=True):
+        if type(s) is not type(first) or s.block_shape != first.block_shape or any(
+                v.shape[1:] != parts[0][n].shape[1:] or v.dtype != parts[0][n].dtype
+                for n, v in t.items()):
+            return None
+    joined = {n: torch.cat([t[n] for t in parts]) for n in parts[0]}
+    joined[key] = joined[key] * (1.0 / math.sqrt(len(stores)))
+    return REPRESENTATIONS[first.kind].from_state(
+        {"block_shape": list(first.block_shape), **joined}, joined[key].device)
 
 
 def from_state(state: dict[str, Any], device: torch.device) -> PerSampleGrads:

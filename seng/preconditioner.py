@@ -104,6 +104,15 @@ class SENGPreconditioner:
     curvature_batch : int or None
         Use a uniformly random subset of this many samples of the batch (without
         replacement) for the curvature; None uses the whole batch.
+    curvature_memory : int
+        Pool the per-sample gradients of the last ``k`` curvature batches (this one
+        included): ``U = [U_1, ..., U_k] / sqrt(k)``, so that ``U U^T`` is the mean of the
+        ``k`` batches' empirical Fishers, with the exact Gram of all ``k N`` columns. With
+        ``update_freq=1`` the gradient still lies in the span of ``U`` (its batch is in the
+        pool), and the step no longer fits one batch's curvature alone. Costs ``k`` times
+        the stored columns and the ``U^T g``, ``U alpha`` products, about ``k^2`` times the
+        Gram, and the ``kN x kN`` solve. Needs the exact route on every layer and one
+        process. Default 1 (the paper's curvature of one batch).
     max_update_norm : float or None
         Scale the preconditioned gradient of all parameters down to this Euclidean norm
         when it is larger.
@@ -198,6 +207,7 @@ class SENGPreconditioner:
         rng: RNGLike = 0,
         loss_reduction: str = "mean",
         curvature_batch: int | None = None,
+        curvature_memory: int = 1,
         max_update_norm: float | None = None,
         routes: Mapping[nn.Module | str, str] | None = None,
         solve_dtype: torch.dtype = torch.float64,
@@ -223,6 +233,7 @@ class SENGPreconditioner:
         self.loss_reduction = loss_reduction
         self.curvature_batch = _hyper.check_positive_int(
             curvature_batch, "curvature_batch", allow_none=True)
+        self.curvature_memory = _hyper.check_positive_int(curvature_memory, "curvature_memory")
         self.max_update_norm = _hyper.check_positive_float(
             max_update_norm, "max_update_norm", allow_none=True)
         if solve_dtype not in (torch.float32, torch.float64):
@@ -282,8 +293,23 @@ class SENGPreconditioner:
             raise TypeError(f"comm must be a seng.comm.Communicator or None, got "
                             f"{type(comm).__name__}")
         self.comm = SINGLE_PROCESS if comm is None else comm
+        if self.curvature_memory > 1:
+            self._check_memory()
         self.comm.attach(self)
         self._seed = self.comm.shared_seed(self._seed)
+
+    def _check_memory(self) -> None:
+        """Refuse ``curvature_memory > 1`` where pooling is not defined: a sketched Gram
+        (each batch's sketch differs) or ``U`` spread over processes."""
+        inexact = [layer.name for layer in self._layers if layer.route.name != "exact"]
+        if inexact:
+            raise ValueError(f"Invalid curvature_memory: {self.curvature_memory} needs the "
+                             f"exact route on every layer; not exact: {', '.join(inexact)}")
+        if self.comm is not SINGLE_PROCESS:
+            raise ValueError(f"Invalid curvature_memory: {self.curvature_memory} is not "
+                             "available with seng.distributed yet (give 1)")
+        for layer in self._layers:
+            layer.memory = self.curvature_memory
 
     def _route(self, name: str) -> Route:
         return make_route(name, solve_dtype=self.solve_dtype, sketch_size=self.sketch_size,
