@@ -94,6 +94,20 @@ SENG_VARIANTS: dict[str, SENGVariant] = {
     "seng-d001": SENGVariant({"damping": 0.01}, note="damping 0.01", in_study=False),
     "seng-uf1-d001": SENGVariant({"update_freq": 1, "damping": 0.01},
                                  note="curvature every step, damping 0.01", in_study=False),
+    # Curvature every step pooled over recent batches (curvature_memory), so that the step
+    # does not fit its own batch's curvature alone; with the absolute and relative rules.
+    "seng-pool2": SENGVariant({"update_freq": 1, "curvature_memory": 2},
+                              note="curvature every step, pooled over the last 2 batches",
+                              in_study=False),
+    "seng-pool3": SENGVariant({"update_freq": 1, "curvature_memory": 3},
+                              note="curvature every step, pooled over the last 3 batches",
+                              in_study=False),
+    "seng-pool2-d01": SENGVariant({"update_freq": 1, "curvature_memory": 2, "damping": 0.1},
+                                  note="pooled over 2 batches, damping 0.1", in_study=False),
+    "seng-pool2-rel": SENGVariant({"update_freq": 1, "curvature_memory": 2,
+                                   "damping_rule": "relative"},
+                                  note="pooled over 2 batches, relative damping 1",
+                                  in_study=False),
     # lr scales the quadratic model's minimizer: its grid centres on 1.
     "seng-q": SENGVariant({"adaptive_step": True}, lrs=half_decades(-1, 0),
                           note="step length and momentum from the damped quadratic model "
