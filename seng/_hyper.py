@@ -22,10 +22,16 @@ def check_damping(damping: Any) -> Any:
     return float(damping)
 
 
+#: ``"absolute"``: the paper's; the others damp each layer relative to its curvature's
+#: scale, ``tr(U^T U) / N`` (``"relative"``) or the largest eigenvalue of ``U^T U``
+#: (``"spectral"``), and normalize the direction to the identity off the span of ``U``.
+DAMPING_RULES = ("absolute", "relative", "spectral")
+
+
 def check_damping_rule(rule: Any) -> str:
-    if rule not in ("absolute", "relative"):
-        raise ValueError(f"Invalid damping_rule value: {rule!r} (valid: 'absolute', "
-                         "'relative')")
+    if rule not in DAMPING_RULES:
+        raise ValueError(f"Invalid damping_rule value: {rule!r} (valid: "
+                         f"{', '.join(map(repr, DAMPING_RULES))})")
     return rule
 
 

@@ -27,8 +27,9 @@ class Curvature:
 
     Under the ``"relative"`` damping rule the system is damped by ``damping`` times the
     layer's curvature scale ``s = tr(U^T U) / N`` (the mean nonzero eigenvalue of
-    ``U U^T`` when ``N <= p``) and the direction is normalized to act as the identity off
-    the span of ``U``:
+    ``U U^T`` when ``N <= p``), under ``"spectral"`` by ``damping`` times the largest
+    eigenvalue ``s = ||U^T U||_2``, and under both the direction is normalized to act as the
+    identity off the span of ``U``:
 
     .. math:: d = \Bigl(I + \frac{U U^T}{\lambda s}\Bigr)^{-1} g
                 = g - U (U^T U + \lambda s I)^{-1} U^T g .
@@ -45,12 +46,13 @@ class Curvature:
         self._factor: tuple[float, torch.Tensor | sl.DampedGramFactor] | None = None
         self._inverse: tuple[float, torch.Tensor] | None = None
         self._scale: float | None = None
+        self._top: float | None = None
 
     def direction(self, g: torch.Tensor, damping: float,
-                  relative: bool = False) -> tuple[torch.Tensor, bool]:
+                  rule: str = "absolute") -> tuple[torch.Tensor, bool]:
         """``(d, whether the Cholesky fallback was used)``: ``d = (U U^T + damping I)^{-1} g``,
-        or the relative rule's direction when ``relative`` (see :func:`woodbury_directions`)."""
-        return woodbury_directions([self], [g], damping, relative)[0]
+        or the direction of another damping ``rule`` (see :func:`woodbury_directions`)."""
+        return woodbury_directions([self], [g], damping, rule)[0]
 
     @property
     def scale(self) -> float:
@@ -59,12 +61,20 @@ class Curvature:
             self._scale = float(torch.diagonal(self.gram).sum()) / max(self.gram.shape[0], 1)
         return self._scale
 
-    def system_damping(self, damping: float, relative: bool) -> float:
-        """The damping of the ``N x N`` system: ``damping``, or ``damping * scale`` under the
-        relative rule (``damping`` itself when ``U = 0``, where any value gives ``d = g``)."""
-        if relative and self.scale > 0:
-            return damping * self.scale
-        return damping
+    @property
+    def top(self) -> float:
+        """The largest eigenvalue of the (possibly sketched) Gram, ``||U^T U||_2``."""
+        if self._top is None:
+            n = self.gram.shape[0]
+            self._top = float(torch.linalg.eigvalsh(self.gram)[-1]) if n else 0.0
+        return self._top
+
+    def system_damping(self, damping: float, rule: str) -> float:
+        """The damping of the ``N x N`` system: ``damping`` (``"absolute"``), or ``damping``
+        times :attr:`scale` (``"relative"``) or :attr:`top` (``"spectral"``); ``damping``
+        itself when that is 0 (``U = 0``, where any value gives ``d = g``)."""
+        s = {"absolute": 0.0, "relative": self.scale, "spectral": self.top}[rule]
+        return damping * s if s > 0 else damping
 
     @property
     def sharded(self) -> bool:
@@ -144,12 +154,12 @@ class Completion(Protocol):
 
 def woodbury_directions(
     curvatures: Sequence[Curvature], blocks: Sequence[torch.Tensor], damping: float,
-    relative: bool, completion: Completion | None = None, reuse: bool = True,
+    rule: str, completion: Completion | None = None, reuse: bool = True,
 ) -> list[tuple[torch.Tensor, bool]]:
     r"""The SENG direction of each layer, ``(d, whether the Cholesky fallback ran)``:
 
     .. math:: \alpha = (U^T U + \lambda I)^{-1} U^T g, \qquad
-              d = (g - U \alpha) / \lambda \;\; (\text{relative rule: } g - U \alpha),
+              d = (g - U \alpha) / \lambda \;\; (\text{relative, spectral rules: } g - U \alpha),
 
     with ``lambda`` each layer's :meth:`Curvature.system_damping`. The one place the
     Woodbury step is written: for a sharded ``U`` (some curvatures' stores hold this
@@ -157,7 +167,8 @@ def woodbury_directions(
     of all of them into the full products with one collective each. ``reuse``: whether the
     curvatures will precondition another step (see :meth:`Curvature.solve`).
     """
-    lams = [c.system_damping(damping, relative) for c in curvatures]
+    lams = [c.system_damping(damping, rule) for c in curvatures]
+    relative = rule != "absolute"
     factor_together(curvatures, lams)
     sharded = [i for i, c in enumerate(curvatures) if c.sharded]
     if sharded and completion is None:
@@ -212,6 +223,6 @@ def factor_together(curvatures: Sequence[Curvature], lams: Sequence[float]) -> N
 
 def _scaled(r: torch.Tensor, lam: float, relative: bool) -> torch.Tensor:
     """The direction from the residual ``r = g - U alpha``, ``alpha = (U^T U + lam I)^{-1}
-    U^T g``: ``r / lam`` (``(U U^T + lam I)^{-1} g``), or ``r`` under the relative rule
+    U^T g``: ``r / lam`` (``(U U^T + lam I)^{-1} g``), or ``r`` under the relative rules
     (``lam (U U^T + lam I)^{-1} g``); ``r`` is the caller's own tensor."""
     return r if relative else r.div_(lam)

@@ -113,7 +113,8 @@ class SENG(torch.optim.Optimizer):
         if adaptive_damping and callable(damping):
             raise ValueError("adaptive_damping=True adapts a number: give damping as a float, "
                              "not a schedule")
-        if adaptive_damping and preconditioner_options.get("damping_rule") == "relative":
+        if adaptive_damping and preconditioner_options.get("damping_rule", "absolute") != \
+                "absolute":
             # There a smaller damping shrinks the step along the curvature (the direction
             # is the identity off span(U)): the opposite of the trust region the rule needs.
             raise ValueError("adaptive_damping=True needs damping_rule='absolute': under the "
@@ -123,7 +124,7 @@ class SENG(torch.optim.Optimizer):
         if not isinstance(adaptive_step, bool):
             raise TypeError(f"adaptive_step must be a bool, got {type(adaptive_step).__name__}")
         if adaptive_step:
-            if preconditioner_options.get("damping_rule") == "relative":
+            if preconditioner_options.get("damping_rule", "absolute") != "absolute":
                 raise ValueError("adaptive_step=True needs damping_rule='absolute' (its "
                                  "quadratic model damps F by the absolute damping)")
             if self.kl_clip is not None:

@@ -69,7 +69,7 @@ class SENGPreconditioner:
         compiled code calls the hooks (see the guide's ``torch.compile`` section).
     damping : float or callable
         ``lambda > 0``, or a function of the step counter returning it. Default 1.0.
-    damping_rule : {"absolute", "relative"}
+    damping_rule : {"absolute", "relative", "spectral"}
         ``"absolute"`` (the paper's): ``lambda`` in the units of ``U U^T``, so it depends on
         the loss's scale, and parameters without curvature get ``g / (1 + lambda)``.
         ``"relative"``: per layer, ``lambda`` times the layer's curvature scale
@@ -78,7 +78,11 @@ class SENGPreconditioner:
         without curvature get ``g lambda / (1 + lambda)``, the same rule for a curvature that
         is isotropic at its own scale. Multiplying the loss by ``c`` then scales every
         direction by ``c``, as for a gradient, so SENG with learning rate ``lr / c`` takes
-        exactly the same steps. Default ``"absolute"``.
+        exactly the same steps. ``"spectral"``: as ``"relative"`` with ``s`` the largest
+        eigenvalue of ``U^T U`` (one ``N x N`` symmetric eigenvalue solve per layer and
+        refresh), so that no component of ``g`` along the curvature is shrunk below
+        ``lambda / (1 + lambda)`` of its length: with ``lambda = 1``, at most halved.
+        Default ``"absolute"``.
     update_freq : int or callable
         Refresh the curvature every ``update_freq`` steps (or a function of the step).
         Default 10.
@@ -492,7 +496,7 @@ class SENGPreconditioner:
                    if layer.covers(live)]
         out: list[torch.Tensor | None] = [None] * len(layers)
         solved = woodbury_directions([layers[i].curvature for i in covered],
-                                     [blocks[i] for i in covered], damping, self._relative,
+                                     [blocks[i] for i in covered], damping, self.damping_rule,
                                      self.comm, reuse) if covered else []
         finite = finite_flags([d for d, _ in solved])
         for i, (d, fallback), ok in zip(covered, solved, finite, strict=True):
@@ -644,7 +648,8 @@ class SENGPreconditioner:
 
     @property
     def _relative(self) -> bool:
-        return self.damping_rule == "relative"
+        """Whether the rule normalizes the direction (every rule but the absolute one)."""
+        return self.damping_rule != "absolute"
 
     def _without_curvature(self, g: torch.Tensor, damping: float) -> torch.Tensor:
         """The direction of a parameter without curvature: ``g / (1 + damping)`` (absolute

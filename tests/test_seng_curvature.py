@@ -22,16 +22,16 @@ def curvatures(n=6, p=9, count=3, seed=0):
     return out, [torch.randn(p, generator=g) for _ in range(count)]
 
 
-@pytest.mark.parametrize("relative", [False, True])  # relative: a damping of its own per layer
+# The relative rules give each layer a damping of its own.
+@pytest.mark.parametrize("rule", ["absolute", "relative", "spectral"])
 @pytest.mark.parametrize("reuse", [True, False])
-def test_batched_factors_give_the_per_layer_directions(reuse, relative):
+def test_batched_factors_give_the_per_layer_directions(reuse, rule):
     together, blocks = curvatures()
     alone, _ = curvatures()
-    got = woodbury_directions(together, blocks, 0.3, relative=relative, reuse=reuse)
+    got = woodbury_directions(together, blocks, 0.3, rule, reuse=reuse)
     assert all(isinstance(c._factor[1], torch.Tensor) for c in together)  # batched Cholesky
     for c, b, (d, fallback) in zip(alone, blocks, got, strict=True):
-        want, want_fallback = woodbury_directions([c], [b], 0.3, relative=relative,
-                                                  reuse=reuse)[0]
+        want, want_fallback = woodbury_directions([c], [b], 0.3, rule, reuse=reuse)[0]
         assert torch.equal(d, want) and fallback == want_fallback is False
 
 
@@ -42,7 +42,7 @@ def test_a_failed_cholesky_in_the_batch_falls_back_alone():
     bad = Curvature(DenseGrads(torch.zeros(6, 9), (9,)), -torch.eye(6), {})
     cs.insert(1, bad)
     blocks.insert(1, torch.linspace(-1, 1, 9))
-    got = woodbury_directions(cs, blocks, 0.5, relative=False)
+    got = woodbury_directions(cs, blocks, 0.5, "absolute")
     assert [fb for _, fb in got] == [False, True, False, False]
     # U = 0: the clipped system is 0.5 I and the direction g / 0.5
     assert torch.equal(got[1][0], blocks[1] / 0.5)

@@ -1,6 +1,6 @@
-"""The relative damping rule: the direction against a dense oracle, and invariance of SENG's
-trajectory under a rescaled loss (with the learning rate rescaled as for SGD), which the
-paper's absolute rule does not have."""
+"""The relative and spectral damping rules: the direction against a dense oracle, and
+invariance of SENG's trajectory under a rescaled loss (with the learning rate rescaled as
+for SGD), which the paper's absolute rule does not have."""
 
 from __future__ import annotations
 
@@ -53,23 +53,32 @@ def ce(out, y):
     return F.cross_entropy(out, y)
 
 
+def oracle_scale(rows, rule):
+    """The rule's curvature scale of U = rows^T / sqrt(N): tr(U^T U) / N or ||U^T U||_2."""
+    if rule == "relative":
+        return float(rows.square().sum()) / N**2
+    return float(torch.linalg.eigvalsh(rows @ rows.T / N)[-1])
+
+
+@pytest.mark.parametrize("rule", ["relative", "spectral"])
 @pytest.mark.parametrize("damping", [0.05, 1.0, 20.0])
-def test_relative_direction_against_dense_oracle(damping):
-    """Each layer: d = (I + U U^T / (damping s))^{-1} g with s = tr(U^T U) / N from the
-    torch.func per-sample gradients; the free scale gets g damping / (1 + damping)."""
+def test_relative_direction_against_dense_oracle(damping, rule):
+    """Each layer: d = (I + U U^T / (damping s))^{-1} g with s = tr(U^T U) / N (relative) or
+    the largest eigenvalue of U^T U (spectral) from the torch.func per-sample gradients; the
+    free scale gets g damping / (1 + damping)."""
     torch.manual_seed(0)
     model = Net()
     x, y = data()
     ps = per_sample_grads(model, ce, x, y)
     g_ref = full_grad(ps, "mean")
-    pre = SENGPreconditioner(model, damping=damping, damping_rule="relative")
+    pre = SENGPreconditioner(model, damping=damping, damping_rule=rule)
     batch_loss(model, ce, x, y, "mean").backward()
     pre.step()
     params = dict(model.named_parameters())
     for layer in ("fc1", "norm", "fc2"):
         names = [n for n in params if n.startswith(layer + ".")]
         rows = block_rows(ps, names)
-        s = float(rows.square().sum()) / N**2  # tr(U^T U) / N with U = rows^T / sqrt(N)
+        s = oracle_scale(rows, rule)
         g = torch.cat([g_ref[n].reshape(-1) for n in names])
         want, cond = dense_direction(rows, g, damping * s)
         got = torch.cat([params[n].grad.reshape(-1) for n in names])
@@ -92,14 +101,15 @@ def train(rule, factor, lr, steps=7, sketch=None):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+@pytest.mark.parametrize("rule", ["relative", "spectral"])
 @pytest.mark.parametrize("c", [1e-3, 3.0, 64.0])
 @pytest.mark.parametrize("sketch", [None, "gaussian"])
-def test_relative_rule_trajectory_is_invariant_to_the_loss_scale(c, sketch):
+def test_relative_rule_trajectory_is_invariant_to_the_loss_scale(c, sketch, rule):
     """Loss times c with lr / c takes the same steps as the loss with lr: each direction is
     c times the unscaled one, so only rounding (relative ~eps per operation, a few hundred
     operations per coordinate over 7 steps) separates the runs."""
-    want = train("relative", 1.0, 0.1, sketch=sketch)
-    got = train("relative", c, 0.1 / c, sketch=sketch)
+    want = train(rule, 1.0, 0.1, sketch=sketch)
+    got = train(rule, c, 0.1 / c, sketch=sketch)
     assert_close(got, want, factor=1e3, scale=float(want.abs().max()))
 
 
@@ -116,17 +126,26 @@ def test_zero_curvature_gives_the_gradient():
     """U = 0 (s = 0): the relative direction is g itself, finite, with no solve failure."""
     curv = Curvature(DenseGrads(torch.zeros(4, 6), (6,)), torch.zeros(4, 4), {})
     g = torch.linspace(-1, 1, 6)
-    d, fallback = curv.direction(g, 0.1, relative=True)
-    assert not fallback
-    assert torch.equal(d, g)
+    for rule in ("relative", "spectral"):
+        d, fallback = curv.direction(g, 0.1, rule)
+        assert not fallback
+        assert torch.equal(d, g)
 
 
 def test_scale_is_the_mean_gram_diagonal():
     rows = torch.arange(12.0).reshape(3, 4)
     curv = Curvature(DenseGrads(rows, (4,)), rows @ rows.T, {})
     assert curv.scale == pytest.approx(float(rows.square().sum()) / 3, rel=1e-15)
-    assert curv.system_damping(0.5, relative=True) == pytest.approx(0.5 * curv.scale)
-    assert curv.system_damping(0.5, relative=False) == 0.5
+    assert curv.system_damping(0.5, "relative") == pytest.approx(0.5 * curv.scale)
+    assert curv.system_damping(0.5, "absolute") == 0.5
+
+
+def test_top_is_the_largest_gram_eigenvalue():
+    rows = torch.arange(12.0).reshape(3, 4)
+    curv = Curvature(DenseGrads(rows, (4,)), rows @ rows.T, {})
+    want = float(torch.linalg.svdvals(rows)[0]) ** 2
+    assert curv.top == pytest.approx(want, rel=1e-13)
+    assert curv.system_damping(0.5, "spectral") == pytest.approx(0.5 * want, rel=1e-13)
 
 
 def test_gram_eigenvalues_against_the_dense_oracle():
@@ -148,7 +167,7 @@ def test_gram_eigenvalues_against_the_dense_oracle():
         assert_close(w, want, scale=float(want[-1]))
 
 
-@pytest.mark.parametrize("rule", ["Relative", "", None, 1.0])
+@pytest.mark.parametrize("rule", ["Relative", "", None, 1.0, "spectral "])
 def test_bad_damping_rule(rule):
     with pytest.raises(ValueError, match="damping_rule"):
         SENGPreconditioner(Net(), damping_rule=rule)

@@ -11,11 +11,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_seng_exact import batch_loss, full_grad, make_case, per_sample_grads
 from torch import nn
 
 from helpers import assert_close
 from seng import SENG, SENGPreconditioner
-from test_seng_exact import batch_loss, full_grad, make_case, per_sample_grads
 
 DAMPING = 0.3
 
@@ -105,7 +105,7 @@ def test_embedding_pool_restarts_on_a_new_sequence_length():
     for t, restart in ((3, True), (3, False), (4, True), (4, False)):
         ps = refresh(model, pre, loss_fn, *batch(t))
         emb = ([] if restart else emb) + [ps]
-        lin = lin[-1:] + [ps]
+        lin = [*lin[-1:], ps]
         check_pooled(model, ["0"], emb, full_grad(ps, "mean"), DAMPING)
         check_pooled(model, ["1"], lin, full_grad(ps, "mean"), DAMPING)
         rows = pre.layer_info()
@@ -199,6 +199,6 @@ def test_memory_needs_the_exact_route():
     SENGPreconditioner(model, sketch="countsketch", curvature_memory=1)
     with pytest.raises(ValueError, match="exact route on every layer; not exact: 0, 2"):
         SENGPreconditioner(model, sketch="countsketch", curvature_memory=2)
-    with pytest.raises(ValueError, match="not exact: 2$"):
+    with pytest.raises(ValueError, match=r"not exact: 2$"):
         SENGPreconditioner(model, routes={"2": "lowrank"}, curvature_memory=2)
     SENGPreconditioner(model, routes={"2": "exact"}, curvature_memory=2)

@@ -108,6 +108,18 @@ SENG_VARIANTS: dict[str, SENGVariant] = {
                                    "damping_rule": "relative"},
                                   note="pooled over 2 batches, relative damping 1",
                                   in_study=False),
+    # The spectral rule (damping times each layer's largest Gram eigenvalue, scale-free),
+    # at the default refresh, every step, and pooled.
+    "seng-spec": SENGVariant({"damping_rule": "spectral"},
+                             note="spectral damping 1 (per layer, times ||U^T U||_2)",
+                             in_study=False),
+    "seng-uf1-spec": SENGVariant({"update_freq": 1, "damping_rule": "spectral"},
+                                 note="curvature every step, spectral damping 1",
+                                 in_study=False),
+    "seng-pool2-spec": SENGVariant({"update_freq": 1, "curvature_memory": 2,
+                                    "damping_rule": "spectral"},
+                                   note="pooled over 2 batches, spectral damping 1",
+                                   in_study=False),
     # lr scales the quadratic model's minimizer: its grid centres on 1.
     "seng-q": SENGVariant({"adaptive_step": True}, lrs=half_decades(-1, 0),
                           note="step length and momentum from the damped quadratic model "
