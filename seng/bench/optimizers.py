@@ -120,6 +120,10 @@ SENG_VARIANTS: dict[str, SENGVariant] = {
                                     "damping_rule": "spectral"},
                                    note="pooled over 2 batches, spectral damping 1",
                                    in_study=False),
+    "seng-pool3-spec": SENGVariant({"update_freq": 1, "curvature_memory": 3,
+                                    "damping_rule": "spectral"},
+                                   note="pooled over 3 batches, spectral damping 1",
+                                   in_study=False),
     # lr scales the quadratic model's minimizer: its grid centres on 1.
     "seng-q": SENGVariant({"adaptive_step": True}, lrs=half_decades(-1, 0),
                           note="step length and momentum from the damped quadratic model "
