@@ -202,3 +202,15 @@ def test_memory_needs_the_exact_route():
     with pytest.raises(ValueError, match=r"not exact: 2$"):
         SENGPreconditioner(model, routes={"2": "lowrank"}, curvature_memory=2)
     SENGPreconditioner(model, routes={"2": "exact"}, curvature_memory=2)
+
+
+def test_memory_is_refused_by_seng_distributed():
+    """A pool over processes is not built yet: refused at 2 (no process group needed to
+    construct), accepted at 1."""
+    from seng.distributed import DistributedSENGPreconditioner
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    DistributedSENGPreconditioner(model, curvature_memory=1)
+    with pytest.raises(ValueError, match=r"curvature_memory: 2 is not available with "
+                                         r"seng\.distributed"):
+        DistributedSENGPreconditioner(model, curvature_memory=2)
