@@ -97,6 +97,9 @@ def test_cli_lr_grid_and_seeds(tmp_path, capsys):
     (["--data", "cifar10"], ["--data-dir", "cifar-10-batches-py/data_batch_1"]),
     (["--damping-decay", "1.01"], ["damping_decay", "1.01", "(0, 1]"]),
     (["--damping-decay", "0"], ["damping_decay", "0.0", "(0, 1]"]),
+    (["--curvature-memory", "0"], ["curvature_memory", "0", ">= 1"]),
+    (["--curvature-memory", "2", "--sketch", "countsketch"],
+     ["curvature_memory", "2", "exact route"]),
 ])
 def test_bad_arguments_clear_error_no_results(tmp_path, capsys, args, words):
     out = tmp_path / "out"
@@ -335,6 +338,27 @@ def test_damping_decay_per_step(monkeypatch):
     assert [k for k, _ in seen] == list(range(16))
     for k, value in seen:
         assert value == pytest.approx(2.0 * 0.5 ** ((k + 1) / 8), rel=1e-15), k
+
+
+def test_cli_passes_damping_rule_and_curvature_memory(monkeypatch):
+    """--damping-rule and --curvature-memory reach the SENG optimizer of every run."""
+    import seng.train.optim
+
+    built = []
+    real = seng.train.optim.SENG
+
+    def record(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        built.append(opt.preconditioner)
+        return opt
+
+    monkeypatch.setattr(seng.train.optim, "SENG", record)
+    assert main([*SMALL, "--epochs", "1", "--optimizers", "seng", "--update-freq", "1",
+                 "--damping-rule", "spectral", "--curvature-memory", "2",
+                 "--no-progress"]) == 0
+    assert built and all(p.damping_rule == "spectral" and p.curvature_memory == 2
+                         for p in built)
+    assert all(r["last"]["pooled_batches"] == 2 for r in built[-1].layer_info())
 
 
 def _log(opt, lr, seed, accs, status="complete"):

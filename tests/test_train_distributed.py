@@ -237,6 +237,8 @@ def test_one_process_checkpoint_resumes_on_two(two_procs, tmp_path, monkeypatch)
     (["--nproc", "0"], ["nproc", "0", ">= 1"]),
     (["--nproc", "2", "--batch-size", "33"], ["batch_size", "33", "nproc 2", "multiple of 2"]),
     (["--nproc", "2", "--curvature-batch", "5"], ["curvature_batch", "5", "multiple of 2"]),
+    (["--nproc", "2", "--curvature-memory", "2"], ["curvature_memory", "2", "nproc 2",
+                                                   "give 1"]),
     (["--nproc", "2", "--dist-mode", "global-sharded"], ["dist_mode", "global-sharded",
                                                          "sketch family"]),
     (["--nproc", "2", "--device", "cuda"], ["nproc", "2", "1 CUDA device"]),

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from seng._hyper import DAMPING_RULES
 from seng.routes import ROUTE_NAMES
 
 from .data import DATASETS
@@ -73,12 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--damping-decay", type=float, metavar="RATE",
                    help="damping * RATE^t at t epochs of training, RATE in (0, 1] (default: "
                         "constant)")
+    g.add_argument("--damping-rule", choices=DAMPING_RULES,
+                   help="absolute (the paper's, default), relative or spectral")
     g.add_argument("--update-freq", type=int, help="curvature every N steps (default 10)")
     g.add_argument("--sketch", choices=["none", *ROUTE_NAMES[1:]],
                    help="none (exact), auto, or a sketch family (default none)")
     g.add_argument("--sketch-size", type=int,
                    help="coordinates kept per layer, s*s for the paper's s (default 16384)")
     g.add_argument("--curvature-batch", type=int, help="samples used for the curvature")
+    g.add_argument("--curvature-memory", type=int, metavar="K",
+                   help="pool the curvature of the last K curvature batches (default 1)")
     g = p.add_argument_group("data-parallel")
     g.add_argument("--nproc", type=int, metavar="N",
                    help="spawn N processes on this host (gloo on CPU; NCCL with --device cuda, "

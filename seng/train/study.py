@@ -89,10 +89,12 @@ def train(
     warmup: float = 0.0,
     damping: float = 1.0,
     damping_decay: float | None = None,
+    damping_rule: str = "absolute",
     update_freq: int = 10,
     sketch: str | None = None,
     sketch_size: int = 16384,
     curvature_batch: int | None = None,
+    curvature_memory: int = 1,
     augment: bool = False,
     subset: int | None = None,
     data_dir: str | Path | None = None,
@@ -146,7 +148,7 @@ def train(
     schedule, decay_epochs, power, step_size, gamma, warmup :
         The learning-rate schedule (:class:`seng.train.optim.Schedule`); ``decay_epochs``
         defaults to ``epochs``.
-    damping, update_freq, sketch, sketch_size, curvature_batch :
+    damping, damping_rule, update_freq, sketch, sketch_size, curvature_batch, curvature_memory :
         SENG's options (:class:`seng.SENGPreconditioner`; ``sketch_size = s*s`` for the
         paper's sample size ``s``).
     damping_decay : float, optional
@@ -222,8 +224,9 @@ def train(
         batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, decay_epochs=decay_epochs, power=power, step_size=step_size,
         gamma=gamma, warmup=warmup, damping=damping, damping_decay=damping_decay,
-        update_freq=update_freq, sketch=sketch,
-        sketch_size=sketch_size, curvature_batch=curvature_batch, augment=augment,
+        damping_rule=damping_rule, update_freq=update_freq, sketch=sketch,
+        sketch_size=sketch_size, curvature_batch=curvature_batch,
+        curvature_memory=curvature_memory, augment=augment,
         subset=subset, data_dir=data_dir, download=download, target=target, device=device,
         out=out, checkpoint_every=checkpoint_every, resume=resume, progress=progress,
         threads=threads, nproc=nproc, dist_mode=dist_mode,
@@ -352,11 +355,13 @@ def _prepare(model: Any, data: Any, **kw: Any) -> _Study:
     seng_options = {
         "damping": _hyper.check_positive_float(a.damping, "damping"),
         "damping_decay": _damping_decay(a.damping_decay),
+        "damping_rule": _hyper.check_damping_rule(a.damping_rule),
         "update_freq": _hyper.check_positive_int(a.update_freq, "update_freq"),
         "sketch": _hyper.check_sketch(a.sketch),
         "sketch_size": _hyper.check_positive_int(a.sketch_size, "sketch_size"),
         "curvature_batch": _hyper.check_positive_int(a.curvature_batch, "curvature_batch",
                                                      allow_none=True),
+        "curvature_memory": _hyper.check_positive_int(a.curvature_memory, "curvature_memory"),
     }
     if a.dist_mode not in DIST_MODES:
         raise ValueError(f"Invalid dist_mode: {a.dist_mode!r} (valid: "
@@ -371,6 +376,14 @@ def _prepare(model: Any, data: Any, **kw: Any) -> _Study:
         raise ValueError(f"Invalid batch_size: {a.batch_size} with nproc {nproc} (the global "
                          f"batch is split evenly over the processes: give a multiple of "
                          f"{nproc})")
+    if seng_options["curvature_memory"] > 1 and seng_options["sketch"] is not None:
+        raise ValueError(f"Invalid curvature_memory: {a.curvature_memory} with sketch "
+                         f"{seng_options['sketch']!r} (pooling needs the exact route: give "
+                         "--sketch none)")
+    if nproc > 1 and seng_options["curvature_memory"] > 1:
+        raise ValueError(f"Invalid curvature_memory: {a.curvature_memory} with nproc {nproc} "
+                         "(pooled curvature is not available with seng.distributed yet: "
+                         "give 1)")
     if nproc > 1 and a.curvature_batch is not None and a.curvature_batch % nproc:
         raise ValueError(f"Invalid curvature_batch: {a.curvature_batch} with nproc {nproc} "
                          f"(each process takes curvature_batch / nproc samples: give a "
