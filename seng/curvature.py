@@ -73,7 +73,9 @@ class Curvature:
         """The damping of the ``N x N`` system: ``damping`` (``"absolute"``), or ``damping``
         times :attr:`scale` (``"relative"``) or :attr:`top` (``"spectral"``); ``damping``
         itself when that is 0 (``U = 0``, where any value gives ``d = g``)."""
-        s = {"absolute": 0.0, "relative": self.scale, "spectral": self.top}[rule]
+        if rule == "absolute":
+            return damping
+        s = self.scale if rule == "relative" else self.top  # only the rule's own: top solves
         return damping * s if s > 0 else damping
 
     @property

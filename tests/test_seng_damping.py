@@ -194,3 +194,20 @@ def test_relative_rule_survives_a_state_dict_round_trip():
     for p, q in zip(model.parameters(), clone.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad)
     assert math.isfinite(float(p.grad.abs().sum()))
+
+
+@pytest.mark.parametrize("rule", ["absolute", "relative"])
+def test_only_the_spectral_rule_pays_for_an_eigenvalue_solve(rule, monkeypatch):
+    """The largest eigenvalue is computed for the spectral rule alone (an eigenvalue solve
+    per layer and refresh would otherwise slow every rule's curvature steps)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("eigenvalue solve under the " + rule + " rule")
+
+    torch.manual_seed(0)
+    model = Net()
+    pre = SENGPreconditioner(model, damping=0.5, update_freq=1, damping_rule=rule)
+    x, y = data()
+    monkeypatch.setattr(torch.linalg, "eigvalsh", refuse)
+    ce(model(x), y).backward()
+    pre.step()
+    assert pre.counters["curvature_updates"] == 3
