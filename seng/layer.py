@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from torch import nn
 
 from sketchlinalg.backend import all_finite
@@ -35,8 +36,10 @@ class Layer:
 
     With ``memory = k > 1`` the curvature pools the per-sample gradients of the last ``k``
     curvature batches (:func:`seng.persample.pool`); ``recent`` holds the last ``k - 1``
-    batches' own stores for the next refresh. A refresh whose layout differs from theirs
-    (another set of live parameters, sequence length or store kind) starts the pool again.
+    batches' own stores and ``recent_gram`` the Gram of their columns (unscaled, solve
+    dtype), so that a refresh computes only the new batch's blocks of the pooled Gram. A
+    refresh whose layout differs from theirs (another set of live parameters, sequence
+    length or store kind) starts the pool again.
     """
 
     def __init__(self, index: int, name: str, module: nn.Module, helper: LayerHelper,
@@ -57,6 +60,7 @@ class Layer:
         self.needs_refresh = True
         self.memory = 1
         self.recent: list[PerSampleGrads] = []
+        self.recent_gram: torch.Tensor | None = None
 
     @property
     def capture_names(self) -> list[str]:
@@ -77,19 +81,18 @@ class Layer:
         layer's route; False (the last good curvature kept) when it is not finite."""
         rep = self.helper.per_sample(works[0] if len(self.parts) == 1 else works, live, scale)
         curvature = self.route.build(rep, rng, comm)
-        batches = [curvature.store]
+        batches, full = [curvature.store], curvature.gram
         pooled = pool(self.recent + batches) if self.memory > 1 and self.recent else None
         if pooled is not None:
             batches = self.recent + batches
-            gram, method = pooled.gram()
-            flops, temp = pooled.gram_costs()[method]
-            curvature = Curvature(pooled, gram.to(curvature.gram.dtype), {
-                **curvature.info, "gram_method": method, "gram_flops": flops,
-                "gram_temp_bytes": temp})
+            full = _bordered(self.recent_gram, self.recent, curvature.store, curvature.gram)
+            curvature = Curvature(pooled, full / len(batches), curvature.info)
         if not all_finite(curvature.gram):
             return False
         if self.memory > 1:
             self.recent = batches[-(self.memory - 1):]
+            kept = sum(b.n for b in self.recent)
+            self.recent_gram = full[-kept:, -kept:]
         curvature.info.update(step=step, samples=curvature.gram.shape[0],
                               pooled_batches=len(batches))
         self.curvature, self.live = curvature, live
@@ -98,7 +101,7 @@ class Layer:
     def drop(self) -> None:
         """Forget the curvature (a non-finite direction): refresh at the next step."""
         self.curvature = None
-        self.recent = []
+        self.recent, self.recent_gram = [], None
         self.needs_refresh = True
 
     def info(self) -> dict[str, Any]:
@@ -110,8 +113,13 @@ class Layer:
             "params": list(self.params),
             "numel": sum(p.numel() for p in self.params.values()),
             "route": self.route.name, "last": None if c is None else dict(c.info),
-            "memory_bytes": (0 if c is None else c.nbytes) + sum(s.nbytes for s in self.recent),
+            "memory_bytes": (0 if c is None else c.nbytes) + self._recent_nbytes(),
         }
+
+    def _recent_nbytes(self) -> int:
+        gram = self.recent_gram
+        return sum(s.nbytes for s in self.recent) + (
+            0 if gram is None else gram.numel() * gram.element_size())
 
     def state_dict(self) -> dict[str, Any]:
         """The curvature (None for a sharded one, which then refreshes after loading)."""
@@ -119,7 +127,8 @@ class Layer:
         return {"curvature": state, "live": list(self.live),
                 "needs_refresh": self.needs_refresh or (
                     self.curvature is not None and state is None),
-                "recent": [s.state_dict() for s in self.recent]}
+                "recent": [s.state_dict() for s in self.recent],
+                "recent_gram": self.recent_gram}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = next(iter(self.params.values())).device
@@ -128,3 +137,15 @@ class Layer:
         self.live = tuple(state["live"])
         self.needs_refresh = bool(state["needs_refresh"])
         self.recent = [from_state(r, device) for r in state.get("recent", [])]
+        gram = state.get("recent_gram")
+        self.recent_gram = None if gram is None else gram.to(device)
+
+
+def _bordered(old_gram: torch.Tensor | None, old: list[PerSampleGrads], new: PerSampleGrads,
+              new_gram: torch.Tensor) -> torch.Tensor:
+    """The Gram of the columns of ``old`` and then ``new``, from the Gram of ``old``'s
+    (``old_gram``) and of ``new``'s (``new_gram``): only the cross block ``U_old^T U_new``
+    is computed."""
+    cross = torch.cat([o.cross_gram(new) for o in old]).to(new_gram.dtype)
+    return torch.cat([torch.cat([old_gram, cross], dim=1),
+                      torch.cat([cross.T, new_gram], dim=1)])

@@ -49,6 +49,16 @@ class PerSampleGrads:
         """``{method: (flops, bytes of temporaries)}`` of each way to build the Gram."""
         raise NotImplementedError
 
+    def cross_gram(self, other: PerSampleGrads) -> torch.Tensor:
+        """``U^T V`` (``n x other.n``) for ``other`` of the same layout (see :func:`pool`):
+        the off-diagonal block of the Gram of both stores' columns, here from that Gram
+        (the stores that have a direct form override this)."""
+        joined = pool([self, other])
+        if joined is None:
+            raise ValueError(f"cannot pair a {self.kind!r} store with a {other.kind!r} one of "
+                             "another layout")
+        return 2.0 * joined.gram()[0][:self.n, self.n:]  # pool scales each side by 1/sqrt(2)
+
     def gram_flops(self) -> float:
         """Flops of :meth:`gram` by the method it picks."""
         return cost.cheapest_flops(self.gram_costs())
@@ -119,6 +129,9 @@ class DenseGrads(PerSampleGrads):
 
     def gram(self, method: str | None = None) -> tuple[torch.Tensor, str]:
         return self.rows @ self.rows.T, "dense"
+
+    def cross_gram(self, other: PerSampleGrads) -> torch.Tensor:
+        return self.rows @ cast(DenseGrads, other).rows.T
 
     def gram_costs(self) -> dict[str, tuple[float, float]]:
         return cost.dense_gram_costs(*self.rows.shape)
@@ -198,16 +211,27 @@ class KroneckerFactors(PerSampleGrads):
             return self.to_dense().gram()[0], "dense"
         if method != "kronecker":
             raise ValueError(f"unknown Gram method {method!r}; valid: 'kronecker', 'dense'")
-        n, g, t = self.n, self.groups, self.positions
+        return self._kron_cross(self), "kronecker"
+
+    def cross_gram(self, other: PerSampleGrads) -> torch.Tensor:
+        other = cast(KroneckerFactors, other)
+        if choose_gram_method(self.gram_costs()) == "dense":
+            return self.to_dense().rows @ other.to_dense().rows.T
+        return self._kron_cross(other)
+
+    def _kron_cross(self, other: KroneckerFactors) -> torch.Tensor:
+        """``U^T V`` by the Kronecker identity, in row chunks that bound the temporaries."""
+        n, m, g, t = self.n, other.n, self.groups, self.positions
         Ag, Gg = self._by_group()
-        out = self.A.new_empty((n, n))
-        rows = max(1, cost.GRAM_CHUNK_ELEMENTS // max(1, g * t * n * t))
+        Bg, Hg = other._by_group()
+        out = self.A.new_empty((n, m))
+        rows = max(1, cost.GRAM_CHUNK_ELEMENTS // max(1, g * t * m * t))
         for i0 in range(0, n, rows):
             i1 = min(n, i0 + rows)
-            KA = Ag[:, i0 * t:i1 * t] @ Ag.transpose(1, 2)
-            KG = Gg[:, i0 * t:i1 * t] @ Gg.transpose(1, 2)
-            out[i0:i1] = (KA * KG).reshape(g, i1 - i0, t, n, t).sum(dim=(0, 2, 4))
-        return out, "kronecker"
+            KA = Ag[:, i0 * t:i1 * t] @ Bg.transpose(1, 2)
+            KG = Gg[:, i0 * t:i1 * t] @ Hg.transpose(1, 2)
+            out[i0:i1] = (KA * KG).reshape(g, i1 - i0, t, m, t).sum(dim=(0, 2, 4))
+        return out
 
     # -- products --------------------------------------------------------------------------
     def _by_group(self) -> tuple[torch.Tensor, torch.Tensor]:

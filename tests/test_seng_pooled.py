@@ -16,6 +16,7 @@ from torch import nn
 
 from helpers import assert_close
 from seng import SENG, SENGPreconditioner
+from seng.persample import DenseGrads, EmbeddingGrads, KroneckerFactors, PerSampleGrads
 
 DAMPING = 0.3
 
@@ -181,8 +182,10 @@ def test_memory_counts_the_pooled_stores():
         F.cross_entropy(model(x), y).backward()
         pre.step()
     for layer, row in zip(pre._layers, pre.layer_info(), strict=True):
-        held = layer.curvature.nbytes + layer.recent[0].nbytes
+        held = (layer.curvature.nbytes + layer.recent[0].nbytes
+                + layer.recent_gram.numel() * layer.recent_gram.element_size())
         assert row["memory_bytes"] == held and len(layer.recent) == 1
+        assert layer.recent_gram.shape == (5, 5)
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "2", None])
@@ -214,3 +217,35 @@ def test_memory_is_refused_by_seng_distributed():
     with pytest.raises(ValueError, match=r"curvature_memory: 2 is not available with "
                                          r"seng\.distributed"):
         DistributedSENGPreconditioner(model, curvature_memory=2)
+
+
+def _stores(kind, n, gen):
+    """A store of ``kind`` with ``n`` samples and a fixed layout (float64)."""
+    if kind == "dense":
+        return DenseGrads(torch.randn(n, 7, generator=gen), (7,))
+    if kind.startswith("kronecker"):
+        groups, t = (2, 3) if kind == "kronecker-grouped" else (1, 1)
+        return KroneckerFactors(torch.randn(n, groups, t, 4, generator=gen),
+                                torch.randn(n, groups, t, 5, generator=gen))
+    return EmbeddingGrads(torch.randint(0, 6, (n, 3), generator=gen),
+                          torch.randn(n, 3, 4, generator=gen), 6)
+
+
+@pytest.mark.parametrize("method", ["kronecker", "dense"])
+@pytest.mark.parametrize("kind", ["dense", "kronecker", "kronecker-grouped", "embedding"])
+def test_cross_gram_against_materialized_gradients(kind, method, monkeypatch):
+    """U^T V of two stores of one layout (5 and 3 samples) equals the product of their
+    materialized per-sample gradients, by either Gram method of the Kronecker factors."""
+    import seng.persample
+
+    monkeypatch.setattr(seng.persample, "choose_gram_method",
+                        lambda costs: method if method in costs else next(iter(costs)))
+    gen = torch.Generator().manual_seed(4)
+    a, b = _stores(kind, 5, gen), _stores(kind, 3, gen)
+    want = a.to_dense().rows @ b.to_dense().rows.T
+    got = a.cross_gram(b)
+    assert got.shape == (5, 3)
+    assert_close(got, want, factor=64, scale=float(want.abs().max()))
+    with pytest.raises(ValueError, match="another layout"):
+        PerSampleGrads.cross_gram(a, _stores("dense" if kind != "dense" else "embedding", 3,
+                                             gen))
