@@ -92,7 +92,9 @@ class Layer:
         if self.memory > 1:
             self.recent = batches[-(self.memory - 1):]
             kept = sum(b.n for b in self.recent)
-            self.recent_gram = full[-kept:, -kept:]
+            # A copy: a view would hold all of ``full`` (or share the stored Gram) while
+            # memory_bytes counts the block alone.
+            self.recent_gram = full[-kept:, -kept:].clone()
         curvature.info.update(step=step, samples=curvature.gram.shape[0],
                               pooled_batches=len(batches))
         self.curvature, self.live = curvature, live

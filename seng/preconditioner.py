@@ -114,9 +114,10 @@ class SENGPreconditioner:
         ``k`` batches' empirical Fishers, with the exact Gram of all ``k N`` columns. With
         ``update_freq=1`` the gradient still lies in the span of ``U`` (its batch is in the
         pool), and the step no longer fits one batch's curvature alone. Costs ``k`` times
-        the stored columns and the ``U^T g``, ``U alpha`` products, about ``k^2`` times the
-        Gram, and the ``kN x kN`` solve. Needs the exact route on every layer and one
-        process. Default 1 (the paper's curvature of one batch).
+        the stored columns and the ``U^T g``, ``U alpha`` products, the new batch's ``k``
+        blocks of the Gram (the others are kept from earlier refreshes), and the
+        ``kN x kN`` solve. Needs the exact route on every layer and one process. Default 1
+        (the paper's curvature of one batch).
     max_update_norm : float or None
         Scale the preconditioned gradient of all parameters down to this Euclidean norm
         when it is larger.
@@ -299,6 +300,8 @@ class SENGPreconditioner:
         self.comm = SINGLE_PROCESS if comm is None else comm
         if self.curvature_memory > 1:
             self._check_memory()
+            for layer in self._layers:
+                layer.memory = self.curvature_memory
         self.comm.attach(self)
         self._seed = self.comm.shared_seed(self._seed)
 
@@ -312,8 +315,6 @@ class SENGPreconditioner:
         if self.comm is not SINGLE_PROCESS:
             raise ValueError(f"Invalid curvature_memory: {self.curvature_memory} is not "
                              "available with seng.distributed yet (give 1)")
-        for layer in self._layers:
-            layer.memory = self.curvature_memory
 
     def _route(self, name: str) -> Route:
         return make_route(name, solve_dtype=self.solve_dtype, sketch_size=self.sketch_size,
